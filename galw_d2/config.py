@@ -1,0 +1,82 @@
+"""galw_d2 config keys, added to a detectron2 ``CfgNode`` by :func:`add_galw_config`.
+
+Each part of the plugin owns one small ``add_*_config`` function; ``add_galw_config`` combines them.
+Every key has a comment; defaults are the paper's settings (SPEC §3, Sec. 4.2) unless stated.
+Keys added here exist in detectron2 v0.6 and upstream main alike (no version-specific keys).
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = [
+    "add_galw_config",
+    "add_data_config",
+    "add_person_search_config",
+    "add_loss_weighting_config",
+    "add_evaluation_config",
+    "add_attribute_config",
+]
+
+
+def add_data_config(cfg: CN) -> None:
+    """Dataset mapper and dataset-registration keys."""
+    _C = cfg
+    _C.INPUT.PERSON_SEARCH = CN()
+    # Multi-scale training (Sec. 4.2): the long side is drawn uniformly from this [min, max] range
+    # (the paper: 667..2000); the short side is scaled with it, keeping the aspect ratio.
+    _C.INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE = (667, 2000)
+    # Test-time resize: fit the image into (long, short) = 1500x900, keeping the aspect ratio.
+    _C.INPUT.PERSON_SEARCH.TEST_SIZE = (1500, 900)
+    # Horizontal flip probability during training.
+    _C.INPUT.PERSON_SEARCH.FLIP_PROB = 0.5
+
+
+def add_person_search_config(cfg: CN) -> None:
+    """Person-search model keys (NAE, AlignPS, ROI-AlignPS*)."""
+    _C = cfg
+    _C.MODEL.PERSON_SEARCH = CN()
+    # Number of labeled training identities = rows of the OIM lookup tables (CUHK-SYSU 5532, PRW 483).
+    # 0 = take it from the training dataset's metadata (``num_train_pids``).
+    _C.MODEL.PERSON_SEARCH.NUM_PIDS = 0
+
+
+def add_loss_weighting_config(cfg: CN) -> None:
+    """GALW loss-weighting, gradient-recording and grouping keys."""
+    _C = cfg
+    _C.GALW = CN()
+    # Loss weighting strategy: "fixed" (per-task weights), "ulwf" (Kendall et al.), "rulwf" (Eq. 5),
+    # "galw" (grouped RULWF, Eq. 9).
+    _C.GALW.STRATEGY = "fixed"
+
+
+def add_evaluation_config(cfg: CN) -> None:
+    """Person-search evaluation keys."""
+    _C = cfg
+    _C.TEST.PERSON_SEARCH = CN()
+    # Detections with score below this are ignored by the search metrics. Always reported with results
+    # (published code used 0.5 for NAE/SeqNet, 0.2 CUHK-SYSU / 0.15 PRW for AlignPS).
+    _C.TEST.PERSON_SEARCH.DET_THRESH = 0.5
+
+
+def add_attribute_config(cfg: CN) -> None:
+    """Attribute branch (task t11) keys."""
+    _C = cfg
+    _C.MODEL.ATTRIBUTES = CN()
+    # Train the ALM attribute branch (task t11) in the person-search model.
+    _C.MODEL.ATTRIBUTES.ENABLED = False
+
+
+def add_galw_config(cfg: CN) -> CN:
+    """Add every galw_d2 key to ``cfg`` (in place) and return it.
+
+    Example::
+
+        from detectron2.config import get_cfg
+        from galw_d2 import add_galw_config
+        cfg = add_galw_config(get_cfg())
+        cfg.merge_from_file("configs/Base-GALW.yaml")
+    """
+    add_data_config(cfg)
+    add_person_search_config(cfg)
+    add_loss_weighting_config(cfg)
+    add_evaluation_config(cfg)
+    add_attribute_config(cfg)
+    return cfg

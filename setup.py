@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""galw_d2: Grouped Adaptive Loss Weighting for person search, as a detectron2 plugin.
+
+torch/torchvision and detectron2 are installed by ``tools/install_deps.sh`` (detectron2 is not on
+PyPI, and the torch/torchvision pair is pinned there); ``install_requires`` lists the rest.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="galw_d2",
+    version="0.1.0",
+    description="Grouped Adaptive Loss Weighting (GALW) for person search as a detectron2 plugin",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["galw_d2", "galw_d2.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.7,<0.1.10",
+        "numpy",
+        "scipy",
+        "opencv-python-headless",
+        "pycocotools",
+        "matplotlib",
+        "tqdm",
+        "torchreid==0.2.5",
+        "gdown",  # torchreid imports it at import time
+        "setuptools<81",  # detectron2 imports pkg_resources
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
