@@ -10,6 +10,7 @@ __all__ = [
     "add_galw_config",
     "add_data_config",
     "add_person_search_config",
+    "add_alignps_config",
     "add_loss_weighting_config",
     "add_evaluation_config",
     "add_attribute_config",
@@ -36,6 +37,14 @@ def add_person_search_config(cfg: CN) -> None:
     # Number of labeled training identities = rows of the OIM lookup tables (CUHK-SYSU 5532, PRW 483).
     # 0 = take it from the training dataset's metadata (``num_train_pids``).
     _C.MODEL.PERSON_SEARCH.NUM_PIDS = 0
+
+
+def add_alignps_config(cfg: CN) -> None:
+    """AlignPS branch keys (AFA neck, FCOS head, focal-OIM, triplet)."""
+    _C = cfg
+    _C.MODEL.ALIGNPS = CN()
+    # Embedding size of the AlignPS re-id feature (= AFA output channels, 256 in the paper).
+    _C.MODEL.ALIGNPS.EMBED_DIM = 256
 
 
 def add_loss_weighting_config(cfg: CN) -> None:
@@ -76,6 +85,7 @@ def add_galw_config(cfg: CN) -> CN:
     """
     add_data_config(cfg)
     add_person_search_config(cfg)
+    add_alignps_config(cfg)
     add_loss_weighting_config(cfg)
     add_evaluation_config(cfg)
     add_attribute_config(cfg)
