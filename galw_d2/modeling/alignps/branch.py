@@ -147,8 +147,8 @@ class AlignPSBranch(nn.Module):
         pos = matched >= 0
         num_pos = int(pos.sum())
 
-        cls_flat = cls_logits.flatten(1)  # (N, P)... one class
-        cls_flat = cls_flat.reshape(-1)
+        # Flatten image-major then row-major, the order of ``matched`` (one class: cls is (N*P,)).
+        cls_flat = cls_logits.reshape(-1)
         box_flat = box_dist.permute(0, 2, 3, 1).reshape(-1, 4)
         ctr_flat = ctr_logits.reshape(-1)
         feat_flat = p3.permute(0, 2, 3, 1).reshape(-1, D)
