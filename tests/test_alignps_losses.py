@@ -140,3 +140,34 @@ def test_deform_conv_offset_shifts_sampling():
     ref = F.conv2d(shifted, dc.weight, dc.bias, padding=1)
     assert torch.allclose(dc(x)[..., 1:], ref[..., 1:], atol=1e-5)
     assert not torch.allclose(dc(x), F.conv2d(x, dc.weight, dc.bias, padding=1), atol=1e-3)
+
+
+def test_afa_neck_concatenates_top_down():
+    # Plain-conv neck: P3 = out(cat(lat3(C3), up(cat(lat4(C4), up(lat5(C5)))))) with nearest upsampling.
+    from galw_d2.modeling.alignps.afa_neck import AFANeck
+
+    torch.manual_seed(0)
+    neck = AFANeck([4, 6, 8], lateral_channels=3, out_channels=5, deformable=False)
+    assert neck.output_conv.in_channels == 9  # 3 levels x 3 channels: concatenation, not a sum
+    c3, c4, c5 = torch.randn(1, 4, 8, 12), torch.randn(1, 6, 4, 6), torch.randn(1, 8, 2, 3)
+    l3, l4, l5 = (conv(x) for conv, x in zip(neck.lateral_convs, (c3, c4, c5)))
+    t4 = torch.cat([l4, l5.repeat_interleave(2, 2).repeat_interleave(2, 3)], dim=1)
+    t3 = torch.cat([l3, t4.repeat_interleave(2, 2).repeat_interleave(2, 3)], dim=1)
+    assert torch.allclose(neck([c3, c4, c5]), neck.output_conv(t3), atol=1e-6)
+
+
+def test_fcos_head_centerness_on_regression_tower():
+    from galw_d2.modeling.alignps.fcos_head import FCOSHead
+
+    torch.manual_seed(0)
+    head = FCOSHead(8, conv_dim=8, num_convs=2, norm_groups=2, stride=8, deformable_last=True)
+    x = torch.randn(1, 8, 5, 6)
+    cls0, box0, ctr0 = head(x)
+    assert cls0.shape == (1, 1, 5, 6) and box0.shape == (1, 4, 5, 6) and ctr0.shape == (1, 1, 5, 6)
+    assert torch.all(box0 >= 0)
+    assert torch.allclose(torch.sigmoid(head.cls_logits.bias), torch.tensor(0.01))  # focal prior
+    with torch.no_grad():
+        for p in head.cls_tower.parameters():
+            p.add_(torch.randn_like(p))
+    cls1, box1, ctr1 = head(x)
+    assert torch.equal(ctr0, ctr1) and torch.equal(box0, box1) and not torch.allclose(cls0, cls1)
