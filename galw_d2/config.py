@@ -45,6 +45,46 @@ def add_alignps_config(cfg: CN) -> None:
     _C.MODEL.ALIGNPS = CN()
     # Embedding size of the AlignPS re-id feature (= AFA output channels, 256 in the paper).
     _C.MODEL.ALIGNPS.EMBED_DIM = 256
+    # Backbone maps fed to the AFA neck, finest first, strides doubling (C3, C4, C5 = 8, 16, 32).
+    # The finest one's stride is the stride of P3, the only level with targets / used at test.
+    _C.MODEL.ALIGNPS.IN_FEATURES = ["res3", "res4", "res5"]
+    # Channels of each AFA lateral conv; the concatenation at P3 has len(IN_FEATURES) x this many.
+    _C.MODEL.ALIGNPS.AFA_CHANNELS = 256
+    # Deformable 3x3 laterals and output conv in the AFA neck (paper: True). False = plain 3x3 convs
+    # (cheaper for tiny CPU configs).
+    _C.MODEL.ALIGNPS.NECK_DEFORMABLE = True
+    # DCNv2 (modulated) instead of DCNv1 in the neck (the original AFA neck: DCNv1).
+    _C.MODEL.ALIGNPS.NECK_MODULATED = False
+    # Channels of the FCOS tower convs.
+    _C.MODEL.ALIGNPS.HEAD_CONV_DIM = 256
+    # Convs per FCOS tower (cls and reg), each conv3x3 + GN + ReLU (paper: 4).
+    _C.MODEL.ALIGNPS.NUM_CONVS = 4
+    # GroupNorm groups in the towers (paper: 32); must divide HEAD_CONV_DIM.
+    _C.MODEL.ALIGNPS.NORM_GROUPS = 32
+    # Make the last conv of each tower deformable (FCOS's dcn_on_last_conv, used by AlignPS).
+    _C.MODEL.ALIGNPS.HEAD_DEFORMABLE_LAST = True
+    # DCNv2 (modulated) for that conv (mmdet's FCOS default).
+    _C.MODEL.ALIGNPS.HEAD_MODULATED = True
+    # Initial foreground probability of the classifier bias (focal-loss prior).
+    _C.MODEL.ALIGNPS.PRIOR_PROB = 0.01
+    # FCOS centre sampling radius, in strides (0 = any location inside the box is positive).
+    _C.MODEL.ALIGNPS.CENTER_SAMPLING_RADIUS = 1.5
+    # Sigmoid focal loss of the classification (t6).
+    _C.MODEL.ALIGNPS.FOCAL_ALPHA = 0.25
+    _C.MODEL.ALIGNPS.FOCAL_GAMMA = 2.0
+    # Focal-OIM (t9): logit scale, focal gamma, circular-queue size (CUHK-SYSU 5000, PRW 500) and LUT momentum.
+    _C.MODEL.ALIGNPS.OIM_SCALE = 10.0
+    _C.MODEL.ALIGNPS.OIM_FOCAL_GAMMA = 2.0
+    _C.MODEL.ALIGNPS.OIM_QUEUE_SIZE = 5000
+    _C.MODEL.ALIGNPS.OIM_MOMENTUM = 0.5
+    # Margin of the batch-hard triplet loss (t10) on L2-normalised features.
+    _C.MODEL.ALIGNPS.TRIPLET_MARGIN = 0.3
+    # Inference: minimum classification probability of a candidate location (the ranking score is
+    # cls x centerness), candidates kept before NMS, NMS IoU, detections kept per image.
+    _C.MODEL.ALIGNPS.TEST_SCORE_THRESH = 0.05
+    _C.MODEL.ALIGNPS.TEST_TOPK_CANDIDATES = 1000
+    _C.MODEL.ALIGNPS.TEST_NMS_THRESH = 0.5
+    _C.MODEL.ALIGNPS.DETECTIONS_PER_IMAGE = 100
 
 
 def add_loss_weighting_config(cfg: CN) -> None:
