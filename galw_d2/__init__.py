@@ -3,6 +3,7 @@
 Importing the package registers its datasets and model components in detectron2's registries.
 """
 from .config import add_galw_config
+from . import data, modeling  # noqa: F401,E402  (registers datasets and model components)
 
 __version__ = "0.1.0"
 __all__ = ["add_galw_config", "__version__"]

@@ -103,6 +103,9 @@ def add_evaluation_config(cfg: CN) -> None:
     # Detections with score below this are ignored by the search metrics. Always reported with results
     # (published code used 0.5 for NAE/SeqNet, 0.2 CUHK-SYSU / 0.15 PRW for AlignPS).
     _C.TEST.PERSON_SEARCH.DET_THRESH = 0.5
+    # Upper-bound mode: the mapper hands the ground-truth boxes of every test image to the model as
+    # ``embed_boxes`` and the evaluator scores them as the detections (separates re-id from detection).
+    _C.TEST.PERSON_SEARCH.UPPER_BOUND = False
 
 
 def add_attribute_config(cfg: CN) -> None:
