@@ -1,0 +1,162 @@
+"""The person-search trainer: GALW training + person-search data loading and evaluation.
+
+:class:`PersonSearchTrainer` subclasses the GALW trainer (loss weighting, gradient probes, deferred
+OIM updates; :mod:`galw_d2.engine`) and overrides only what person search needs, the way detectron2
+projects subclass ``DefaultTrainer``:
+
+* ``build_train_loader`` / ``build_test_loader``: :class:`galw_d2.data.PersonSearchDatasetMapper`
+  (multi-scale training resize, ``gt_pids`` / ``gt_attributes``; query boxes as ``embed_boxes``).
+* ``build_evaluator``: :class:`galw_d2.evaluation.PersonSearchEvaluator` on ``<prefix>_test``, which
+  returns ``{"search": {...}, "detection": {...}}`` so detectron2's printing and ``EvalHook`` work.
+* ``build_hooks``: adds a :class:`detectron2.engine.hooks.BestCheckpointer` on ``search/mAP`` when
+  periodic evaluation is on, and an optional tqdm progress bar (:class:`ProgressBar`).
+* ``state_dict`` / ``load_state_dict``: the inner trainer's state (the optimizer) goes into every
+  checkpoint. detectron2 v0.6's ``DefaultTrainer`` saves only the iteration and the hooks' state
+  (the LR scheduler), so a resumed run restarted SGD momentum from zero; upstream main saves it.
+  We save it on both (feature-detected: nothing is added when the parent already does it), so
+  ``--resume`` continues exactly.
+"""
+import logging
+import os
+import time
+from typing import Optional
+
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.utils import comm
+
+try:  # the GALW trainer (weighting, gradient probes, apply_pending_updates after each step)
+    from galw_d2.engine.galw_trainer import GALWTrainer as _BaseTrainer  # noqa: F401
+except ImportError:  # pragma: no cover - module name differs / not there: use the package export
+    try:
+        from galw_d2.engine import GALWTrainer as _BaseTrainer
+    except ImportError:
+        _BaseTrainer = DefaultTrainer
+
+__all__ = ["PersonSearchTrainer", "ProgressBar", "BASE_TRAINER"]
+
+logger = logging.getLogger(__name__)
+
+#: The class :class:`PersonSearchTrainer` derives from (the GALW trainer when it is installed).
+BASE_TRAINER = _BaseTrainer
+
+
+class ProgressBar(HookBase):
+    """A tqdm bar over the training iterations, showing the latest total loss and s/iter.
+
+    Complements detectron2's periodic log lines (every 20 iterations) with live feedback on a slow
+    CPU; shown on the main process only. ``desc`` names the phase (e.g. "phase 1").
+    """
+
+    def __init__(self, desc: str = "train", disable: Optional[bool] = None):
+        self._desc = desc
+        self._disable = disable
+        self._bar = None
+        self._t0 = None
+
+    def before_train(self):
+        from tqdm import tqdm
+
+        disable = (not comm.is_main_process()) if self._disable is None else self._disable
+        self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc=self._desc,
+                         disable=disable, dynamic_ncols=True, mininterval=1.0)
+        self._t0 = time.perf_counter()
+
+    def after_step(self):
+        if self._bar is None:
+            return
+        storage = self.trainer.storage
+        post = {}
+        hist = storage.histories()
+        if "total_loss" in hist:
+            post["loss"] = f"{hist['total_loss'].latest():.3f}"
+        done = self.trainer.iter + 1 - self.trainer.start_iter
+        if done > 0:
+            post["s/it"] = f"{(time.perf_counter() - self._t0) / done:.2f}"
+        self._bar.set_postfix(post, refresh=False)
+        self._bar.update(1)
+
+    def after_train(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class PersonSearchTrainer(_BaseTrainer):
+    """GALW trainer with person-search data loading, evaluation and exact resume.
+
+    Config: everything of the parent (``cfg.GALW.*``, ``cfg.SOLVER.*``), plus ``cfg.DATASETS.TEST``:
+    ``<prefix>_test`` datasets scored by :class:`PersonSearchEvaluator`. Set
+    ``cfg.TEST.EVAL_PERIOD > 0`` to evaluate during training (the best ``search/mAP`` checkpoint is
+    kept as ``model_best.pth``).
+    """
+
+    #: Show a tqdm bar over the iterations (the demo pipeline turns it on); a string = its label.
+    progress_bar = None
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from galw_d2.data import PersonSearchDatasetMapper
+
+        return build_detection_train_loader(cfg, mapper=PersonSearchDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        from galw_d2.data import PersonSearchDatasetMapper
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=PersonSearchDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """:class:`PersonSearchEvaluator` for ``dataset_name`` (a ``<prefix>_test`` dataset).
+
+        The saved-results file (``search_results.pth``) goes to ``output_folder`` (default
+        ``cfg.OUTPUT_DIR/inference/<dataset_name>``) so ``tools/evaluate_search.py`` can re-score it.
+        """
+        from galw_d2.evaluation import PersonSearchEvaluator
+
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_person_search_evaluator(PersonSearchEvaluator, cfg, dataset_name, output_folder)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        if self.progress_bar:
+            ret.insert(0, ProgressBar(self.progress_bar if isinstance(self.progress_bar, str) else "train"))
+        if self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST) and comm.is_main_process():
+            # After EvalHook (appended by the parent), before the writers would not matter: it only
+            # reads the latest "search/mAP" scalar that EvalHook put into the storage.
+            ret.append(hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, "search/mAP", "max"))
+        return ret
+
+    # -- exact resume -------------------------------------------------------------------------
+    def state_dict(self):
+        ret = super().state_dict()
+        if "_trainer" not in ret and "optimizer" not in ret:
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # loading twice (when the parent also did) is idempotent
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+
+def build_person_search_evaluator(evaluator_cls, cfg, dataset_name, output_folder):
+    """Construct ``evaluator_cls`` from ``cfg``, passing only the arguments its signature accepts.
+
+    The evaluator reads its own settings (``cfg.TEST.PERSON_SEARCH.*``); the common ones are handed
+    over by name when the constructor takes them (``cfg``, ``output_dir``, ``distributed``).
+    """
+    import inspect
+
+    params = inspect.signature(evaluator_cls.__init__).parameters
+    kwargs = {}
+    if "cfg" in params:
+        kwargs["cfg"] = cfg
+    for key in ("output_dir", "output_folder"):
+        if key in params:
+            kwargs[key] = output_folder
+    if "distributed" in params:
+        kwargs["distributed"] = comm.get_world_size() > 1
+    return evaluator_cls(dataset_name, **kwargs)

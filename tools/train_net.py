@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Train or evaluate a galw_d2 person-search model: the detectron2-standard entry point.
+
+    # one machine, 8 GPUs (paper-scale CUHK-SYSU config)
+    python tools/train_net.py --config-file configs/cuhk_sysu/roi_alignps_R50_cuhk_sysu.yaml --num-gpus 8
+    # two machines, 8 GPUs each (run on each machine with its rank)
+    python tools/train_net.py --config-file CFG --num-gpus 8 --num-machines 2 --machine-rank 0 \
+        --dist-url tcp://HOST0:29500
+    # resume the last checkpoint in OUTPUT_DIR exactly (model, optimizer, scheduler, GALW state)
+    python tools/train_net.py --config-file CFG --resume
+    # evaluate a checkpoint with the standard person-search protocol
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+
+Trailing ``KEY VALUE`` pairs override the config (detectron2's ``opts``).
+"""
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import detectron2.utils.comm as comm  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+
+from galw_d2 import add_galw_config  # noqa: E402
+from galw_d2.engine.person_search import PersonSearchTrainer  # noqa: E402
+
+logger = logging.getLogger("galw_d2.train_net")
+
+
+class Trainer(PersonSearchTrainer):
+    """GALW + person-search data, evaluator and exact resume (see galw_d2/engine/person_search.py)."""
+
+
+def setup(args):
+    """Config from ``args.config_file`` and ``args.opts`` on top of every galw_d2 key; logging, seed."""
+    cfg = add_galw_config(get_cfg())
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # configs say cuda for paper scale; run on CPU where there is none
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
