@@ -6,10 +6,13 @@ Keys added here exist in detectron2 v0.6 and upstream main alike (no version-spe
 """
 from detectron2.config import CfgNode as CN
 
+from .tasks import TASKS
+
 __all__ = [
     "add_galw_config",
     "add_data_config",
     "add_person_search_config",
+    "add_nae_config",
     "add_alignps_config",
     "add_loss_weighting_config",
     "add_evaluation_config",
@@ -37,6 +40,41 @@ def add_person_search_config(cfg: CN) -> None:
     # Number of labeled training identities = rows of the OIM lookup tables (CUHK-SYSU 5532, PRW 483).
     # 0 = take it from the training dataset's metadata (``num_train_pids``).
     _C.MODEL.PERSON_SEARCH.NUM_PIDS = 0
+    # Fixed per-task loss weights, "loss_name:weight" strings (a list keeps the key v0.6-yacs friendly).
+    # Names are those of galw_d2/tasks.py; a task not listed keeps its original weight from that table
+    # (t3 = 10). The model multiplies each raw loss by its weight before returning the dict.
+    _C.MODEL.PERSON_SEARCH.LOSS_WEIGHTS = [f"{t.name}:{t.weight:g}" for t in TASKS]
+    # Test-time embedding of the ROI-AlignPS* model: "alignps" (P3 feature, 256-d), "nae" (NAE
+    # re-embedding of the AlignPS boxes, 256-d) or "concat" (both L2-normalised, concatenated,
+    # renormalised: 512-d). NAE-only / AlignPS-only models ignore it.
+    _C.MODEL.PERSON_SEARCH.EMBEDDING = "concat"
+    # Batches are padded to a multiple of this (AlignPS / mmdet pad to 32; the AFA neck needs
+    # C3..C5 sizes to halve exactly).
+    _C.MODEL.PERSON_SEARCH.SIZE_DIVISIBILITY = 32
+    # Width-configurable ResNet (backbone "build_person_search_resnet_backbone", also used for the NAE
+    # res5 ROI head): output channels of res2..res5 ([] = detectron2's widths from MODEL.RESNETS) and
+    # blocks per stage ([] = by MODEL.RESNETS.DEPTH). Lets tiny CPU configs use narrow, shallow nets.
+    _C.MODEL.PERSON_SEARCH.RESNET_WIDTHS = []
+    _C.MODEL.PERSON_SEARCH.RESNET_BLOCKS = []
+
+
+def add_nae_config(cfg: CN) -> None:
+    """NAE branch keys (norm-aware embedding ROI head on C4, OIM)."""
+    _C = cfg
+    _C.MODEL.NAE = CN()
+    # Size of the norm-aware embedding: half projected from the pooled res4 RoI feature, half from
+    # the pooled res5 output (NAE: 128 + 128 = 256).
+    _C.MODEL.NAE.EMBED_DIM = 256
+    # OIM (t5): logit scale, circular-queue size (CUHK-SYSU 5000, PRW 500), LUT momentum.
+    _C.MODEL.NAE.OIM_SCALE = 30.0
+    _C.MODEL.NAE.OIM_QUEUE_SIZE = 5000
+    _C.MODEL.NAE.OIM_MOMENTUM = 0.5
+    # Target stds of the ROI box regression (NAE: 0.1, 0.1, 0.2, 0.2) = detectron2 weights 1/std.
+    _C.MODEL.NAE.BBOX_REG_STDS = (0.1, 0.1, 0.2, 0.2)
+    # NMS IoU of the NAE-only model's test detections (NAE: 0.4).
+    _C.MODEL.NAE.TEST_NMS_THRESH = 0.4
+    # Minimum detection score (sigmoid of the BN'd norm) of the NAE-only model's test detections.
+    _C.MODEL.NAE.TEST_SCORE_THRESH = 0.05
 
 
 def add_alignps_config(cfg: CN) -> None:
@@ -92,8 +130,62 @@ def add_loss_weighting_config(cfg: CN) -> None:
     _C = cfg
     _C.GALW = CN()
     # Loss weighting strategy: "fixed" (per-task weights), "ulwf" (Kendall et al.), "rulwf" (Eq. 5),
-    # "galw" (grouped RULWF, Eq. 9).
+    # "galw" (grouped RULWF, Eq. 9). Used by galw_d2.engine.GALWTrainer (docs/galw.md).
     _C.GALW.STRATEGY = "fixed"
+    # Loss names that get a learned log sigma (ulwf/rulwf). [] = every task of galw_d2/tasks.py (galw:
+    # the names in GROUPS). A loss of the model missing here is an error naming it.
+    _C.GALW.TASKS = []
+    # Groups of strategy "galw": a list of lists of loss names covering every task once, e.g.
+    # [["loss_roi_box_reg"], ["loss_rpn_cls", "loss_rpn_loc"]]; written by tools/group_tasks.py.
+    _C.GALW.GROUPS = []
+    # Kind (k of Eq. 5: "cls" k=1, "reg" k=2) of losses not in galw_d2/tasks.py.
+    _C.GALW.DEFAULT_KIND = "cls"
+    # Per-loss kind overrides, "name=cls" / "name=reg" strings (e.g. ["loss_box_reg=reg"]).
+    _C.GALW.TASK_KINDS = []
+    # Strategy "fixed": per-loss weights as "name=weight" strings; unlisted losses get weight 1.
+    # (galw_d2 models already apply MODEL.PERSON_SEARCH.LOSS_WEIGHTS, so [] = the plain sum.)
+    _C.GALW.FIXED_WEIGHTS = []
+    # lambda of the regulariser lambda * |sigma - 1| (Eq. 5; the paper: 1). Ignored by "ulwf".
+    _C.GALW.LAMBDA = 1.0
+    # Initial log sigma (0 = sigma 1, the paper).
+    _C.GALW.INIT_LOG_SIGMA = 0.0
+    # Optional [lo, hi] range log sigma is projected into after every optimizer step; [] = no clamp.
+    _C.GALW.LOG_SIGMA_CLAMP = []
+    # Learning rate of log sigma = SOLVER.BASE_LR x this (always without weight decay).
+    _C.GALW.LR_FACTOR = 1.0
+
+    # Gradient-trend recorder (Eq. 6, Algorithm 1 lines 1-6): probes every task's gradient over the
+    # shared parameters with torch.autograd.grad before the main backward (training is unchanged).
+    _C.GALW.RECORD = CN()
+    # Record the per-epoch gradient magnitudes (phase 1 of the two-phase workflow).
+    _C.GALW.RECORD.ENABLED = False
+    # Probe every this many iterations (the cost is one partial backward per task per probe).
+    _C.GALW.RECORD.PERIOD = 20
+    # Regexes (re.search) selecting the shared parameters theta_m by name in the model (not counting
+    # the GALW wrapper). Default: ResNet res2..res4 ("backbone.res2" or FPN's "backbone.bottom_up.res2").
+    _C.GALW.RECORD.SHARED_PARAMS = [r"^backbone\.(bottom_up\.)?res[234]\."]
+    # Iterations per epoch for the per-epoch averages; 0 = ceil(#train images / SOLVER.IMS_PER_BATCH).
+    _C.GALW.RECORD.EPOCH_ITERS = 0
+    # Trends file written at the end of training, relative to OUTPUT_DIR (format in docs/galw.md).
+    _C.GALW.RECORD.OUTPUT = "gradient_trends.json"
+
+    # Task grouping settings (Algorithm 1 lines 7-11), used by online regrouping and the workflow helpers.
+    _C.GALW.GROUPING = CN()
+    # Number of groups G (the paper's best: 4 for ROI-AlignPS*, 3 for NAE / AlignPS).
+    _C.GALW.GROUPING.NUM_GROUPS = 4
+    # Slope of Eq. 7: "mean_diff" (the paper) or "lstsq".
+    _C.GALW.GROUPING.SLOPE = "mean_diff"
+    # Base of the log in Eq. 8 (10 compresses orders of magnitude; e gives s / (1 + |s|)).
+    _C.GALW.GROUPING.LOG_BASE = 10.0
+    # scipy linkage method of the hierarchical clustering.
+    _C.GALW.GROUPING.LINKAGE = "average"
+
+    # Our extension (off by default, not in the paper): start as RULWF with recording on, and after
+    # WARMUP_EPOCHS epochs group the tasks from the trends so far and continue with GALW in the same run.
+    _C.GALW.ONLINE_REGROUP = CN()
+    _C.GALW.ONLINE_REGROUP.ENABLED = False
+    # Epochs of recording before regrouping (>= 2: a slope needs two epochs).
+    _C.GALW.ONLINE_REGROUP.WARMUP_EPOCHS = 2
 
 
 def add_evaluation_config(cfg: CN) -> None:
@@ -106,6 +198,20 @@ def add_evaluation_config(cfg: CN) -> None:
     # Upper-bound mode: the mapper hands the ground-truth boxes of every test image to the model as
     # ``embed_boxes`` and the evaluator scores them as the detections (separates re-id from detection).
     _C.TEST.PERSON_SEARCH.UPPER_BOUND = False
+    # Query feature: "box" = the model's embedding of the query box itself (NAE/SeqNet/OIM protocol);
+    # "best_iou" = the embedding of the detection in the query image with the highest IoU with the
+    # query box (the AlignPS protocol; falls back to "box" when no detection overlaps it).
+    _C.TEST.PERSON_SEARCH.QUERY_MODE = "box"
+    # CUHK-SYSU gallery size of the protocol (TestG{N}.mat: 50, 100, 500, 1000, 2000, 4000; -1 = the
+    # whole test set). Ignored for PRW.
+    _C.TEST.PERSON_SEARCH.GALLERY_SIZE = 100
+    # PRW: search only frames of other cameras than the query's (the cross-camera protocol).
+    _C.TEST.PERSON_SEARCH.CROSS_CAMERA = False
+    # CUHK-SYSU query subset: "" (all queries), "Occlusion" or "Resolution" (when the dataset has them).
+    _C.TEST.PERSON_SEARCH.SUBSET = ""
+    # Write search_results.pth into the evaluator's output folder (the trainer's:
+    # OUTPUT_DIR/inference/<dataset>/): the saved-results file tools/evaluate_search.py re-scores.
+    _C.TEST.PERSON_SEARCH.SAVE_RESULTS = False
 
 
 def add_attribute_config(cfg: CN) -> None:
@@ -114,6 +220,73 @@ def add_attribute_config(cfg: CN) -> None:
     _C.MODEL.ATTRIBUTES = CN()
     # Train the ALM attribute branch (task t11) in the person-search model.
     _C.MODEL.ATTRIBUTES.ENABLED = False
+    # Number of attributes A. 0 = len(MetadataCatalog.get(DATASETS.TRAIN[0]).attribute_names).
+    _C.MODEL.ATTRIBUTES.NUM_ATTRIBUTES = 0
+    # Backbone maps whose RoI features feed one ALM each (the pyramid levels of the branch).
+    _C.MODEL.ATTRIBUTES.IN_FEATURES = ["res3", "res4", "res5"]
+    # RoIAlign output size per level (the paper: proposals cropped and reshaped to 32x32).
+    _C.MODEL.ATTRIBUTES.POOLER_RESOLUTION = 32
+    # RoIAlign sampling ratio (0 = adaptive, as torchvision).
+    _C.MODEL.ATTRIBUTES.POOLER_SAMPLING_RATIO = 2
+    # Channels of the 1x1 conv (+ReLU) that reduces each level's RoI features before its ALM.
+    _C.MODEL.ATTRIBUTES.CHANNELS = 64
+    # Side of the grid each ALM resamples inside its predicted box (then max-pooled to one vector).
+    _C.MODEL.ATTRIBUTES.SAMPLE_SIZE = 8
+    # Channel reduction of each ALM's SE block.
+    _C.MODEL.ATTRIBUTES.SE_REDUCTION = 16
+    # At most this many foreground proposals per image enter the branch (random subset; 0 = all).
+    _C.MODEL.ATTRIBUTES.MAX_PROPOSALS_PER_IMAGE = 64
+    # Attribute BCE weighting: "none" (plain BCE, the paper's t11) or "alm" (positives weighted
+    # exp(1 - p_j), negatives exp(p_j), p_j = positive ratio of attribute j in the batch targets).
+    _C.MODEL.ATTRIBUTES.LOSS_WEIGHTING = "none"
+
+    # Stand-alone attribute recognizer (the pseudo-labeler; tools/train_attribute_net.py).
+    _C.ATTRIBUTE_NET = CN()
+    # torchreid model name of the backbone (torchreid.reid.models.build_model), e.g. osnet_x0_25, resnet50.
+    _C.ATTRIBUTE_NET.BACKBONE = "osnet_x0_25"
+    # Backbone children whose outputs are the pyramid levels, finest first ([] = family default:
+    # osnet conv2/conv3/conv5, resnet layer2/layer3/layer4).
+    _C.ATTRIBUTE_NET.IN_FEATURES = []
+    # Path of backbone weights to load (torchreid/ImageNet state dict; "" = random init).
+    _C.ATTRIBUTE_NET.BACKBONE_WEIGHTS = ""
+    # Path of a full recognizer checkpoint to load before training / for evaluation ("" = none).
+    _C.ATTRIBUTE_NET.WEIGHTS = ""
+    # Channels of the top-down pyramid (1x1 laterals + upsample-and-add) feeding the ALMs.
+    _C.ATTRIBUTE_NET.PYRAMID_CHANNELS = 64
+    # ALM resampling grid side and SE reduction (as MODEL.ATTRIBUTES.*).
+    _C.ATTRIBUTE_NET.SAMPLE_SIZE = 8
+    _C.ATTRIBUTE_NET.SE_REDUCTION = 16
+    # Crop input size (height, width).
+    _C.ATTRIBUTE_NET.INPUT_SIZE = (128, 64)
+    # Weighted BCE of the ALM paper (exp(1-p_j) positives / exp(p_j) negatives, p_j from the train set).
+    _C.ATTRIBUTE_NET.WEIGHTED_BCE = True
+    # Probability threshold for binary predictions (metrics and pseudo-labels).
+    _C.ATTRIBUTE_NET.THRESHOLD = 0.5
+    # Training length, batch size and data-loader workers (LR = SOLVER.BASE_LR, weight decay =
+    # SOLVER.WEIGHT_DECAY, Adam).
+    _C.ATTRIBUTE_NET.EPOCHS = 30
+    _C.ATTRIBUTE_NET.BATCH_SIZE = 32
+    _C.ATTRIBUTE_NET.NUM_WORKERS = 0
+    # Horizontal-flip probability of training crops.
+    _C.ATTRIBUTE_NET.FLIP_PROB = 0.5
+    _C.ATTRIBUTE_NET.DATA = CN()
+    # Training data: "synthps" (crops of a SynthPS root with its ground-truth attributes), "pa100k"
+    # (ROOT/annotation.mat + images), "list" (TRAIN_LIST / TEST_LIST files of "path 0 1 0 ...").
+    _C.ATTRIBUTE_NET.DATA.TYPE = "synthps"
+    # Dataset root (synthps: the generated root; pa100k: folder of annotation.mat).
+    _C.ATTRIBUTE_NET.DATA.ROOT = "datasets/synthps_tiny_cuhk"
+    # synthps only: layout of ROOT ("cuhk_sysu" | "prw"), and the preset/seed used to generate ROOT
+    # with galw_d2.data.synthps.generate_synthps when it does not exist ("" = never generate).
+    _C.ATTRIBUTE_NET.DATA.SYNTHPS_FORMAT = "cuhk_sysu"
+    _C.ATTRIBUTE_NET.DATA.SYNTHPS_PRESET = ""
+    _C.ATTRIBUTE_NET.DATA.SYNTHPS_SEED = 0
+    # pa100k only: folder of the images ("" = ROOT/data, else ROOT/release_data/release_data) and the
+    # splits used for training ("train" or "train+val"); the held-out split is always "test".
+    _C.ATTRIBUTE_NET.DATA.IMAGE_DIR = ""
+    _C.ATTRIBUTE_NET.DATA.PA100K_TRAIN_SPLITS = "train"
+    # list only: train / held-out list files; relative image paths are resolved against the list's folder.
+    _C.ATTRIBUTE_NET.DATA.TRAIN_LIST = ""
+    _C.ATTRIBUTE_NET.DATA.TEST_LIST = ""
 
 
 def add_galw_config(cfg: CN) -> CN:
@@ -128,6 +301,7 @@ def add_galw_config(cfg: CN) -> CN:
     """
     add_data_config(cfg)
     add_person_search_config(cfg)
+    add_nae_config(cfg)
     add_alignps_config(cfg)
     add_loss_weighting_config(cfg)
     add_evaluation_config(cfg)

@@ -1,1 +1,14 @@
-"""Person-search models: NAE, AlignPS and ROI-AlignPS* as detectron2 meta-architectures."""
+"""Person-search models: NAE, AlignPS and ROI-AlignPS* as detectron2 meta-architectures.
+
+Importing registers ``build_person_search_resnet_backbone`` (BACKBONE_REGISTRY), ``NAEROIHeads``
+(ROI_HEADS_REGISTRY) and the meta-architectures ``ROIAlignPS``, ``NAE``, ``AlignPS``
+(META_ARCH_REGISTRY).
+"""
+from . import backbone  # noqa: F401  (registers the backbone)
+from .alignps import AlignPSBranch
+from .meta_arch import NAE, AlignPS, PersonSearchBase, ROIAlignPS, parse_loss_weights, resolve_num_pids
+from .nae import NAEROIHeads, NormAwareEmbedding
+from .oim import OIMMemory, oim_loss
+
+__all__ = ["ROIAlignPS", "NAE", "AlignPS", "PersonSearchBase", "AlignPSBranch", "NAEROIHeads",
+           "NormAwareEmbedding", "OIMMemory", "oim_loss", "parse_loss_weights", "resolve_num_pids"]
