@@ -1,0 +1,408 @@
+"""Person-search metrics of the standard protocol (SPEC §5), vectorised with numpy (no detectron2).
+
+Per query, exactly as the published CUHK-SYSU / PRW evaluation code (OIM, NAE, SeqNet, AlignPS):
+
+* The query's gallery is given by the protocol rule (:mod:`galw_d2.data.protocol`); its detections
+  are those with score >= ``det_thresh``; similarity = cosine (features are L2-normalised here).
+* For every gallery image that contains the query person (GT box of width w, height h) the IoU
+  threshold is ``min(0.5, w*h / ((w+10)*(h+10)))``; among that image's detections the most similar
+  one with IoU >= the threshold is the image's only true positive (ties in similarity: the earlier
+  detection). IoU without the "+1" pixel convention.
+* All the gallery's detections are concatenated; ``AP = average_precision(labels, sims) *
+  found / count_gt`` where ``count_gt`` = gallery entries containing the person (images left without
+  any detection are still counted; for an "explicit" CUHK-SYSU list, a duplicated image is scored
+  once but every listed entry with a box counts); AP = 0 when nothing is found.
+* top-k: some true positive is among the k most similar detections. Ties in similarity are broken by
+  position in the concatenated list (gallery order, then detection order), i.e. a stable descending
+  sort. (The reference code's ``np.argsort(..)[::-1]`` leaves tie order to numpy's sort algorithm.)
+* A query whose person appears in none of its gallery images (``count_gt == 0``, where the reference
+  code divides by zero) is left out of mAP / top-k and counted in ``num_queries_without_gt``.
+
+Speed: the similarities of a chunk of queries to all detections are one matrix product (memory
+bounded by ``chunk_bytes``); each query's body is vectorised (one sort of its detections).
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from galw_d2.data.protocol import SearchProtocol
+
+__all__ = [
+    "average_precision",
+    "iou_threshold",
+    "box_iou_rows",
+    "pairwise_iou",
+    "DetectionTable",
+    "QueryScore",
+    "evaluate_search",
+    "score_query",
+]
+
+
+def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Average precision, exactly ``sklearn.metrics.average_precision_score`` (binary, no weights).
+
+    AP = sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds in decreasing order, where tied
+    scores form one threshold (so the order of tied items never matters).
+
+    Args:
+        y_true: (N,) 0/1 labels.
+        y_score: (N,) finite scores, higher = more likely positive.
+
+    Returns:
+        AP in [0, 1]; 0.0 when there is no positive (sklearn warns and returns an ill-defined value).
+    """
+    y_true = np.asarray(y_true).reshape(-1).astype(np.float64)
+    y_score = np.asarray(y_score).reshape(-1)
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"average_precision: {y_true.size} labels but {y_score.size} scores")
+    order = np.argsort(-y_score, kind="stable")
+    return _ap_sorted(y_true[order], y_score[order])
+
+
+def _ap_sorted(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AP of labels/scores already sorted by decreasing score."""
+    if labels.size == 0:
+        return 0.0
+    tps_all = np.cumsum(labels)
+    total = tps_all[-1]
+    if total <= 0:
+        return 0.0
+    # last index of each run of equal scores = one threshold
+    last = np.flatnonzero(np.diff(scores)) if scores.size > 1 else np.zeros(0, dtype=np.int64)
+    last = np.concatenate([last, [labels.size - 1]])
+    tps = tps_all[last]
+    precision = tps / (last + 1.0)
+    recall = tps / total
+    d_recall = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(d_recall * precision))
+
+
+def iou_threshold(w, h):
+    """The size-adaptive IoU threshold ``min(0.5, w*h / ((w+10)*(h+10)))`` of a GT box (w, h)."""
+    w = np.asarray(w, dtype=np.float64)
+    h = np.asarray(h, dtype=np.float64)
+    return np.minimum(0.5, (w * h) / ((w + 10.0) * (h + 10.0)))
+
+
+def box_iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of (N, 4) and (N, 4) XYXY boxes (no +1), (N,) float64; 0 for empty unions."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of (N, 4) with every box of (M, 4), XYXY, no +1: (N, M) float64."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(1, -1, 4)
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32, copy=False)
+
+
+@dataclass
+class DetectionTable:
+    """All gallery detections above the score threshold, concatenated image by image.
+
+    Attributes:
+        names: image names, index = image id; ``index`` maps name -> id.
+        offsets: (G+1,) detections of image g are rows ``offsets[g]:offsets[g+1]``.
+        boxes: (M, 4) float32; scores: (M,) float32; feats: (M, D) float32 L2-normalised;
+        image: (M,) int64 image id of each row.
+    """
+
+    names: List[str]
+    index: Dict[str, int]
+    offsets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    feats: np.ndarray
+    image: np.ndarray
+
+    @classmethod
+    def build(cls, gallery: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str], det_thresh: float,
+              dim: int) -> "DetectionTable":
+        """Args: gallery = validated ``results["gallery"]`` (see :mod:`.results`); names = every image
+        name that may be looked up (protocol gallery + explicit lists), images absent from ``gallery``
+        get no detections; dim = feature size D."""
+        names = list(dict.fromkeys(list(names) + list(gallery)))
+        index = {n: i for i, n in enumerate(names)}
+        boxes, scores, feats, counts = [], [], [], np.zeros(len(names), dtype=np.int64)
+        for i, n in enumerate(names):
+            r = gallery.get(n)
+            if r is None or len(r["scores"]) == 0:
+                continue
+            keep = np.asarray(r["scores"]) >= det_thresh
+            if not keep.any():
+                continue
+            boxes.append(np.asarray(r["boxes"], dtype=np.float32)[keep])
+            scores.append(np.asarray(r["scores"], dtype=np.float32)[keep])
+            feats.append(np.asarray(r["feats"], dtype=np.float32)[keep])
+            counts[i] = int(keep.sum())
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if boxes:
+            boxes_a, scores_a, feats_a = np.concatenate(boxes), np.concatenate(scores), _l2n(np.concatenate(feats))
+        else:
+            boxes_a = np.zeros((0, 4), np.float32)
+            scores_a = np.zeros((0,), np.float32)
+            feats_a = np.zeros((0, dim), np.float32)
+        image = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+        return cls(names, index, offsets, boxes_a, scores_a, feats_a, image)
+
+    def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
+        """Row indices of the detections of ``image_ids`` (in that order), vectorised."""
+        image_ids = np.asarray(image_ids, dtype=np.int64)
+        starts = self.offsets[image_ids]
+        lens = self.offsets[image_ids + 1] - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int64)
+        # arange per image without a Python loop: global arange minus the run start offsets
+        run_start = np.repeat(np.cumsum(lens) - lens, lens)
+        return np.repeat(starts, lens) + (np.arange(total, dtype=np.int64) - run_start)
+
+
+@dataclass
+class _QueryGallery:
+    """One query's gallery: detection rows, GT box per positive image, and count_gt."""
+
+    rows: np.ndarray  # (n,) detection rows in concatenation order
+    gt_images: np.ndarray  # (P,) image ids whose detections can hold the one TP
+    gt_boxes: np.ndarray  # (P, 4)
+    count_gt: int
+
+
+class _GalleryPlanner:
+    """Turns a protocol query into its :class:`_QueryGallery` (rule-specific, vectorised)."""
+
+    def __init__(self, protocol: SearchProtocol, table: DetectionTable):
+        self.p, self.t = protocol, table
+        if protocol.rule != "explicit":
+            # protocol gallery images in gallery order, their cameras, and where each pid occurs
+            self.gal_ids = np.array([table.index[n] for n in protocol.gallery], dtype=np.int64)
+            self.gal_cam = np.array([g.camera for g in protocol.gallery.values()], dtype=np.int64)
+            self.pid_occ: Dict[int, List[Tuple[int, np.ndarray, int]]] = {}
+            for gi, g in zip(self.gal_ids, protocol.gallery.values()):
+                seen = set()
+                for box, pid in zip(g.boxes, g.pids):
+                    pid = int(pid)
+                    if pid < 0 or pid in seen:
+                        continue  # first box of a pid in an image is its GT (reference: ravel()[:4])
+                    seen.add(pid)
+                    self.pid_occ.setdefault(pid, []).append((int(gi), box, g.camera))
+            # detections of gallery-order images, with their image's camera
+            self.all_rows = table.rows_of(self.gal_ids)
+            cam_of_image = np.full(len(table.names), -1, dtype=np.int64)
+            cam_of_image[self.gal_ids] = self.gal_cam
+            self.row_image = table.image[self.all_rows]
+            self.row_cam = cam_of_image[self.row_image]
+
+    def plan(self, q) -> _QueryGallery:
+        t = self.t
+        if self.p.rule == "explicit":
+            names = [n for n, _ in q.gallery]
+            boxes = [b for _, b in q.gallery]
+            count_gt = sum(b is not None and np.asarray(b).size > 0 for b in boxes)
+            first: Dict[str, Optional[np.ndarray]] = {}
+            for n, b in zip(names, boxes):
+                if n not in first:  # a duplicate is scored once, with its first entry's box
+                    first[n] = b
+            ids = np.array([t.index[n] for n in first], dtype=np.int64)
+            gt = [(t.index[n], np.asarray(b, np.float32).reshape(4)) for n, b in first.items()
+                  if b is not None and np.asarray(b).size > 0]
+            rows = t.rows_of(ids)
+        else:
+            qid = t.index.get(q.image, -1)
+            keep = self.row_image != qid
+            occ = [(gi, b) for gi, b, cam in self.pid_occ.get(int(q.pid), []) if gi != qid
+                   and (self.p.rule != "other_cameras" or cam != q.camera)]
+            if self.p.rule == "other_cameras":
+                keep &= self.row_cam != q.camera
+            rows = self.all_rows[keep]
+            gt = occ
+            count_gt = len(occ)
+        if gt:
+            gt_images = np.array([g for g, _ in gt], dtype=np.int64)
+            gt_boxes = np.stack([np.asarray(b, np.float32).reshape(4) for _, b in gt])
+        else:
+            gt_images, gt_boxes = np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
+        return _QueryGallery(rows, gt_images, gt_boxes, int(count_gt))
+
+
+@dataclass
+class QueryScore:
+    """Per-query outcome. ``rows``/``sims``/``labels`` are in decreasing-similarity order (stable)."""
+
+    ap: float
+    count_tp: int
+    count_gt: int
+    first_tp_rank: int  # 0-based rank of the best true positive, -1 if none
+    rows: np.ndarray
+    sims: np.ndarray
+    labels: np.ndarray
+
+
+def _score(table: DetectionTable, g: _QueryGallery, sims_all_rows: np.ndarray, gt_slot: np.ndarray) -> QueryScore:
+    rows = g.rows
+    sims = sims_all_rows[rows]
+    labels = np.zeros(rows.size, dtype=np.int8)
+    if g.gt_images.size and rows.size:
+        gt_slot[g.gt_images] = np.arange(g.gt_images.size)
+        slot = gt_slot[table.image[rows]]
+        gt_slot[g.gt_images] = -1
+        pos = np.flatnonzero(slot >= 0)
+        if pos.size:
+            s = slot[pos]
+            gtb = g.gt_boxes[s].astype(np.float64)
+            thr = iou_threshold(gtb[:, 2] - gtb[:, 0], gtb[:, 3] - gtb[:, 1])
+            ok = box_iou_rows(table.boxes[rows[pos]], gtb) >= thr
+            cand = pos[ok]
+            if cand.size:
+                # per image: most similar candidate, ties -> earliest position
+                o = np.lexsort((cand, -sims[cand].astype(np.float64), slot[cand]))
+                cs = slot[cand][o]
+                firsts = np.concatenate([[True], cs[1:] != cs[:-1]])
+                labels[cand[o][firsts]] = 1
+    order = np.argsort(-sims, kind="stable")
+    sims_o, labels_o, rows_o = sims[order], labels[order], rows[order]
+    count_tp = int(labels.sum())
+    if count_tp > g.count_gt:  # cannot happen with a consistent protocol
+        raise AssertionError(f"{count_tp} true positives > {g.count_gt} gallery entries with the person")
+    if count_tp == 0 or g.count_gt == 0:
+        ap = 0.0
+    else:
+        ap = _ap_sorted(labels_o.astype(np.float64), sims_o) * count_tp / g.count_gt
+    hits = np.flatnonzero(labels_o)
+    first = int(hits[0]) if hits.size else -1
+    return QueryScore(ap, count_tp, g.count_gt, first, rows_o, sims_o, labels_o)
+
+
+def _check_query_feats(query_feats: np.ndarray, n: int, dim: int) -> np.ndarray:
+    q = np.asarray(query_feats, dtype=np.float32)
+    if q.ndim != 2 or q.shape[0] != n:
+        raise ValueError(f"query features: expected shape ({n}, {dim}) (one per protocol query), got {q.shape}")
+    if q.shape[1] != dim:
+        raise ValueError(f"query features have size {q.shape[1]} but gallery features have size {dim}")
+    bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+    if bad.size:
+        raise ValueError(f"query features: {bad.size} queries have NaN/inf features (first: query {bad[0]})")
+    return _l2n(q)
+
+
+def evaluate_search(
+    protocol: SearchProtocol,
+    gallery: Mapping[str, Mapping[str, np.ndarray]],
+    query_feats: np.ndarray,
+    det_thresh: float = 0.5,
+    topk: Sequence[int] = (1, 5, 10),
+    chunk_bytes: int = 64 << 20,
+    return_per_query: bool = False,
+    progress: bool = False,
+) -> Dict:
+    """Score a whole protocol.
+
+    Args:
+        protocol: the test protocol (gallery rule, GT, queries in order).
+        gallery: ``{image_name: {"boxes": (N, 4), "scores": (N,), "feats": (N, D)}}`` validated by
+            :func:`galw_d2.evaluation.results.validate_results`; missing images have no detections.
+        query_feats: (Q, D), one row per ``protocol.queries`` entry.
+        det_thresh: detections with score >= this are kept.
+        topk: the k of the top-k accuracies.
+        chunk_bytes: memory budget of one block of the query x detection similarity matrix.
+        return_per_query: also return ``"per_query"``: {"ap", "count_tp", "count_gt", "first_tp_rank"} arrays.
+
+    Returns:
+        ``{"mAP": float, "top1": ..., "top5": ..., "top10": ..., "num_queries": int,
+        "num_queries_without_gt": int}``, fractions in [0, 1].
+    """
+    dim = _feature_dim(gallery, query_feats)
+    names = list(protocol.gallery)
+    if protocol.rule == "explicit":
+        for q in protocol.queries:
+            names.extend(n for n, _ in q.gallery)
+    table = DetectionTable.build(gallery, list(dict.fromkeys(names)), det_thresh, dim)
+    qf = _check_query_feats(query_feats, len(protocol.queries), dim)
+    planner = _GalleryPlanner(protocol, table)
+    gt_slot = np.full(len(table.names), -1, dtype=np.int64)
+    nq = len(protocol.queries)
+    aps = np.zeros(nq)
+    tps = np.zeros(nq, dtype=np.int64)
+    gts = np.zeros(nq, dtype=np.int64)
+    first = np.full(nq, -1, dtype=np.int64)
+    m = max(table.feats.shape[0], 1)
+    step = int(max(1, min(nq, chunk_bytes // (4 * m))))
+    it = range(0, nq, step)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=(nq + step - 1) // step, desc="search", unit="chunk")
+    for s in it:
+        sims_block = qf[s:s + step] @ table.feats.T  # (chunk, M)
+        for j in range(sims_block.shape[0]):
+            qi = s + j
+            r = _score(table, planner.plan(protocol.queries[qi]), sims_block[j], gt_slot)
+            aps[qi], tps[qi], gts[qi], first[qi] = r.ap, r.count_tp, r.count_gt, r.first_tp_rank
+    valid = gts > 0
+    out = {"mAP": float(aps[valid].mean()) if valid.any() else 0.0}
+    for k in topk:
+        hit = (first >= 0) & (first < k)
+        out[f"top{k}"] = float(hit[valid].mean()) if valid.any() else 0.0
+    out["num_queries"] = int(valid.sum())
+    out["num_queries_without_gt"] = int((~valid).sum())
+    if return_per_query:
+        out["per_query"] = {"ap": aps, "count_tp": tps, "count_gt": gts, "first_tp_rank": first}
+    return out
+
+
+def score_query(
+    protocol: SearchProtocol,
+    gallery: Mapping[str, Mapping[str, np.ndarray]],
+    query_feats: np.ndarray,
+    query_index: int,
+    det_thresh: float = 0.5,
+) -> Tuple[QueryScore, DetectionTable]:
+    """Score one query and return its ranked list (for inspection and the top-k figure)."""
+    dim = _feature_dim(gallery, query_feats)
+    names = list(protocol.gallery)
+    if protocol.rule == "explicit":
+        names.extend(n for n, _ in protocol.queries[query_index].gallery)
+    table = DetectionTable.build(gallery, list(dict.fromkeys(names)), det_thresh, dim)
+    qf = np.asarray(query_feats, dtype=np.float32)
+    q = _check_query_feats(qf[query_index:query_index + 1], 1, dim)
+    planner = _GalleryPlanner(protocol, table)
+    gt_slot = np.full(len(table.names), -1, dtype=np.int64)
+    r = _score(table, planner.plan(protocol.queries[query_index]), (q @ table.feats.T)[0], gt_slot)
+    return r, table
+
+
+def _feature_dim(gallery, query_feats) -> int:
+    """Feature size D: from the gallery detections (all must agree), else from the query features."""
+    dim = None
+    for name, r in gallery.items():
+        f = np.asarray(r["feats"])
+        if f.ndim == 2 and f.shape[0] > 0:
+            if dim is None:
+                dim = int(f.shape[1])
+            elif f.shape[1] != dim:
+                raise ValueError(f"gallery image {name!r}: feature size {f.shape[1]} differs from {dim}")
+    if dim is not None:
+        return dim
+    q = np.asarray(query_feats)
+    if q.ndim == 2:
+        return int(q.shape[1])
+    raise ValueError(f"query features: expected a (Q, D) array, got shape {q.shape}")
