@@ -27,6 +27,9 @@ def add_data_config(cfg: CN) -> None:
     # Multi-scale training (Sec. 4.2): the long side is drawn uniformly from this [min, max] range
     # (the paper: 667..2000); the short side is scaled with it, keeping the aspect ratio.
     _C.INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE = (667, 2000)
+    # How TRAIN_LONG_SIDE_RANGE is read: "range" = [min, max], uniform integer; "choice" = pick one of
+    # the listed long-side lengths.
+    _C.INPUT.PERSON_SEARCH.TRAIN_RESIZE_STYLE = "range"
     # Test-time resize: fit the image into (long, short) = 1500x900, keeping the aspect ratio.
     _C.INPUT.PERSON_SEARCH.TEST_SIZE = (1500, 900)
     # Horizontal flip probability during training.
