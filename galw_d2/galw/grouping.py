@@ -1,0 +1,293 @@
+"""Task grouping of GALW (paper Sec. 3.2.2, Algorithm 1; SPEC §3). Pure numpy/scipy.
+
+Input: the trends file written by the gradient-trend recorder (see :mod:`galw_d2.galw.recorder`)::
+
+    {"tasks": [name, ...], "gradient_magnitude": {name: [Gamma per epoch, null = no probe], ...},
+     "settings": {...}}
+
+Steps for the ``slope`` strategy (the paper's):
+
+1. Slope per task (Eq. 7): ``mean_diff`` = mean of successive differences = (Gamma_last - Gamma_first)
+   / (e_last - e_first) over the epochs that have a value; ``lstsq`` = least-squares line slope.
+2. Transform (Eq. 8): ``s* = sign(s) * sigmoid(log_B |s|)``; ``s = 0`` gives ``s* = 0``. With base e
+   this is ``s / (1 + |s|)``; base 10 (default) compresses orders of magnitude. The base is recorded.
+3. Hierarchical clustering of ``s*`` into G groups (scipy ``linkage(s*.reshape(-1, 1), method)``,
+   ``fcluster(..., G, "maxclust")``).
+
+Degenerate cases (reported in ``report``, never silent):
+- G > number of tasks: G is reduced to the number of tasks.
+- fewer distinct ``s*`` than G, or tied merge heights: fewer clusters; tasks with equal ``s*`` always
+  share a group (they are indistinguishable; we cluster the distinct values), and ``found < requested``
+  is reported with the reason (``fcluster`` maxclust returns AT MOST G clusters).
+- all slopes equal (e.g. constant trends): one group.
+- one task: one group.
+- fewer than 2 epochs with values for a task, or non-finite values: ``ValueError`` naming the task.
+
+Canonical order: tasks inside a group follow the trends file's task order; groups are ordered by the
+position of their first task. Other strategies (Table 5): ``branch`` (galw_d2/tasks.py branch),
+``semantic`` (detection-cls / box-regression / re-id / other), ``random`` (seeded, G near-equal
+groups), ``manual`` ("a,b;c" with loss names or t-indices).
+"""
+import json
+import math
+import re
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "load_trends",
+    "compute_slopes",
+    "transform_slopes",
+    "cluster_slopes",
+    "canonical_groups",
+    "group_tasks",
+    "parse_manual_groups",
+    "SEMANTIC_CLASSES",
+    "GROUPING_STRATEGIES",
+]
+
+GROUPING_STRATEGIES = ("slope", "branch", "semantic", "random", "manual")
+
+# Our reading of the paper's "semantic" grouping (Table 5): what each task predicts.
+SEMANTIC_CLASSES = {
+    "loss_rpn_cls": "detection",
+    "loss_nae_det": "detection",
+    "loss_fcos_cls": "detection",
+    "loss_fcos_ctr": "detection",
+    "loss_rpn_loc": "box_regression",
+    "loss_roi_box_reg": "box_regression",
+    "loss_fcos_giou": "box_regression",
+    "loss_nae_oim": "reid",
+    "loss_fcos_oim": "reid",
+    "loss_triplet": "reid",
+    "loss_attr": "other",
+}
+
+
+def load_trends(path: str) -> dict:
+    """Read and validate a trends JSON; errors name the file and field."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"trends file {path} does not exist (phase 1 writes it; see docs/galw.md)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"trends file {path}: not valid JSON ({e})") from None
+    for key in ("tasks", "gradient_magnitude"):
+        if key not in data:
+            raise ValueError(f"trends file {path}: missing field '{key}' (expected tasks, gradient_magnitude, settings)")
+    tasks = data["tasks"]
+    if not isinstance(tasks, list) or not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"trends file {path}: 'tasks' must be a non-empty list of unique names, got {tasks!r}")
+    gm = data["gradient_magnitude"]
+    missing = [t for t in tasks if t not in gm]
+    if missing:
+        raise ValueError(f"trends file {path}: gradient_magnitude has no curve for {missing}")
+    return data
+
+
+def _curve(name: str, values: Sequence) -> (np.ndarray, np.ndarray):
+    e, v = [], []
+    for i, x in enumerate(values):
+        if x is None:
+            continue
+        x = float(x)
+        if not math.isfinite(x):
+            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x}; expected a finite number")
+        e.append(i)
+        v.append(x)
+    if len(v) < 2:
+        raise ValueError(
+            f"task '{name}' has {len(v)} epoch(s) with a gradient magnitude; a slope needs at least 2 "
+            "(record longer or set GALW.RECORD.EPOCH_ITERS smaller)"
+        )
+    return np.asarray(e, dtype=np.float64), np.asarray(v, dtype=np.float64)
+
+
+def compute_slopes(trends: Mapping[str, Sequence], method: str = "mean_diff") -> Dict[str, float]:
+    """Slope per task of its per-epoch curve (Eq. 7 = ``mean_diff``, or ``lstsq``)."""
+    if method not in ("mean_diff", "lstsq"):
+        raise ValueError(f"slope method '{method}': expected 'mean_diff' or 'lstsq'")
+    out = {}
+    for name, values in trends.items():
+        e, v = _curve(name, values)
+        if method == "mean_diff":
+            out[name] = float((v[-1] - v[0]) / (e[-1] - e[0]))
+        else:
+            ec = e - e.mean()
+            out[name] = float((ec * (v - v.mean())).sum() / (ec * ec).sum())
+    return out
+
+
+def transform_slopes(slopes: Mapping[str, float], log_base: float = 10.0) -> Dict[str, float]:
+    """Eq. 8: ``s* = sign(s) * sigmoid(log_B |s|)`` (0 -> 0)."""
+    if not (log_base > 0 and log_base != 1):
+        raise ValueError(f"log base must be > 0 and != 1, got {log_base}")
+    out = {}
+    for name, s in slopes.items():
+        if s == 0:
+            out[name] = 0.0
+            continue
+        z = math.log(abs(s)) / math.log(log_base)
+        out[name] = float(math.copysign(1.0 / (1.0 + math.exp(-z)), s))
+    return out
+
+
+def canonical_groups(groups: Sequence[Sequence[str]], order: Sequence[str]) -> List[List[str]]:
+    """Sort each group by ``order`` and the groups by their first task's position; drop empty groups."""
+    pos = {t: i for i, t in enumerate(order)}
+    gs = [sorted(g, key=lambda t: pos[t]) for g in groups if len(g)]
+    return sorted(gs, key=lambda g: pos[g[0]])
+
+
+def cluster_slopes(values: Mapping[str, float], num_groups: int, linkage: str = "average", order=None):
+    """Hierarchical clustering of 1-D values into at most ``num_groups`` groups.
+
+    Returns ``(groups, report)``; ``report`` has ``requested``, ``found``, ``distinct_values`` and a list
+    of ``notes`` for every degenerate case met.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage as _linkage
+
+    names = list(order) if order is not None else list(values)
+    if num_groups < 1:
+        raise ValueError(f"number of groups must be >= 1, got {num_groups}")
+    x = np.asarray([values[n] for n in names], dtype=np.float64)
+    distinct = int(np.unique(x).size)
+    report = {"requested": int(num_groups), "found": None, "distinct_values": distinct, "notes": []}
+    g = int(num_groups)
+    if g > len(names):
+        report["notes"].append(f"requested {g} groups but there are only {len(names)} tasks; using {len(names)}")
+        g = len(names)
+    if len(names) == 1 or g == 1:
+        labels = np.ones(len(names), dtype=int)
+    elif distinct == 1:
+        labels = np.ones(len(names), dtype=int)
+        report["notes"].append("all transformed slopes are equal: one group")
+    else:
+        # Equal values are indistinguishable: cluster the distinct values (fcluster would otherwise
+        # split tied tasks arbitrarily at height 0) and give every task its value's label.
+        # scipy reads a 1-D array as a condensed distance matrix: pass observations as (n, 1).
+        uniq, inv = np.unique(x, return_inverse=True)
+        z = _linkage(uniq.reshape(-1, 1), method=linkage)
+        labels = fcluster(z, t=min(g, uniq.size), criterion="maxclust")[inv.reshape(-1)]
+    groups: Dict[int, List[str]] = {}
+    for n, lab in zip(names, labels):
+        groups.setdefault(int(lab), []).append(n)
+    out = canonical_groups(list(groups.values()), names)
+    report["found"] = len(out)
+    if len(out) < g and distinct > 1:
+        why = (f"only {distinct} distinct transformed slopes" if distinct < g
+               else "tied merge heights in the dendrogram (fcluster maxclust returns at most G clusters)")
+        report["notes"].append(f"found {len(out)} groups instead of {g}: {why}")
+    return out, report
+
+
+def parse_manual_groups(spec: str, tasks: Sequence[str]) -> List[List[str]]:
+    """Parse ``"a,b;c"`` (loss names or t-indices such as ``t3``) into groups covering ``tasks`` once."""
+    from ..tasks import task_by_index
+
+    groups = []
+    for part in str(spec).split(";"):
+        names = []
+        for tok in [t.strip() for t in part.split(",") if t.strip()]:
+            m = re.fullmatch(r"[tT](\d+)", tok)
+            if m and tok not in tasks:
+                try:
+                    tok = task_by_index(int(m.group(1))).name
+                except KeyError as e:
+                    raise ValueError(f"manual groups '{spec}': {e}") from None
+            names.append(tok)
+        if names:
+            groups.append(names)
+    flat = [t for g in groups for t in g]
+    unknown = [t for t in flat if t not in tasks]
+    dup = sorted({t for t in flat if flat.count(t) > 1})
+    missing = [t for t in tasks if t not in flat]
+    if unknown or dup or missing:
+        raise ValueError(
+            f"manual groups '{spec}': unknown {unknown}, repeated {dup}, missing {missing}; "
+            f"every task of {list(tasks)} must be in exactly one group"
+        )
+    return groups
+
+
+def group_tasks(
+    trends: dict,
+    num_groups: int,
+    strategy: str = "slope",
+    slope: str = "mean_diff",
+    log_base: float = 10.0,
+    linkage: str = "average",
+    seed: int = 0,
+    manual: Optional[str] = None,
+) -> dict:
+    """Group the tasks of a trends dict (as from :func:`load_trends`).
+
+    Returns the ``groups.json`` content: ``groups`` (canonical), ``slopes``, ``transformed``,
+    ``settings`` and ``report``. ``slopes``/``transformed`` are computed for every strategy whenever the
+    curves allow it (else empty, with a note), so the strategies can be compared.
+    """
+    from ..tasks import TASKS_BY_NAME
+
+    if strategy not in GROUPING_STRATEGIES:
+        raise ValueError(f"grouping strategy '{strategy}': expected one of {GROUPING_STRATEGIES}")
+    tasks = list(trends["tasks"])
+    curves = {t: trends["gradient_magnitude"][t] for t in tasks}
+    report = {"requested": int(num_groups), "found": None, "notes": []}
+    try:
+        slopes = compute_slopes(curves, slope)
+        transformed = transform_slopes(slopes, log_base)
+    except ValueError:
+        if strategy == "slope":
+            raise
+        slopes, transformed = {}, {}
+        report["notes"].append("slopes not computable from these trends (see the slope strategy's error)")
+    if strategy == "slope":
+        groups, rep = cluster_slopes(transformed, num_groups, linkage, order=tasks)
+        report.update(rep)
+    elif strategy == "manual":
+        if not manual:
+            raise ValueError("strategy 'manual' needs the groups, e.g. --manual 'loss_a,loss_b;loss_c'")
+        groups = canonical_groups(parse_manual_groups(manual, tasks), tasks)
+    elif strategy in ("branch", "semantic"):
+        key = {}
+        for t in tasks:
+            if strategy == "branch":
+                key[t] = TASKS_BY_NAME[t].branch if t in TASKS_BY_NAME else "other"
+            else:
+                key[t] = SEMANTIC_CLASSES.get(t, "other")
+        by: Dict[str, List[str]] = {}
+        for t in tasks:
+            by.setdefault(key[t], []).append(t)
+        groups = canonical_groups(list(by.values()), tasks)
+        if "other" in key.values():
+            report["notes"].append(f"tasks outside the task table go to group 'other': "
+                                   f"{[t for t in tasks if key[t] == 'other']}")
+    else:  # random
+        g = min(int(num_groups), len(tasks))
+        if g < 1:
+            raise ValueError(f"number of groups must be >= 1, got {num_groups}")
+        if g < num_groups:
+            report["notes"].append(f"requested {num_groups} groups but there are only {len(tasks)} tasks")
+        perm = np.random.default_rng(seed).permutation(len(tasks))
+        groups = canonical_groups([[tasks[i] for i in perm[j::g]] for j in range(g)], tasks)
+    report["found"] = len(groups)
+    if strategy != "slope" and strategy != "random" and len(groups) != num_groups:
+        report["notes"].append(f"strategy '{strategy}' defines {len(groups)} groups (requested {num_groups})")
+    return {
+        "groups": groups,
+        "slopes": slopes,
+        "transformed": transformed,
+        "settings": {
+            "strategy": strategy,
+            "num_groups": int(num_groups),
+            "slope": slope,
+            "log_base": float(log_base),
+            "linkage": linkage,
+            "seed": int(seed),
+            "manual": manual,
+            "task_order": tasks,
+        },
+        "report": report,
+    }
