@@ -20,8 +20,6 @@ a non-empty P with an empty G has recall 0 (and precision 0). All results are fr
 """
 from typing import Dict, Optional
 
-import warnings
-
 import numpy as np
 
 __all__ = ["label_based_metrics", "instance_based_metrics", "attribute_metrics", "binarize"]
