@@ -132,6 +132,8 @@ class PersonSearchDatasetMapper:
 
     @staticmethod
     def _instances(annos, transforms, image_size, record) -> Instances:
+        for a in annos:  # integer boxes would be truncated in place by the transforms
+            a["bbox"] = np.asarray(a["bbox"], dtype=np.float64)
         annos = [utils.transform_instance_annotations(a, transforms, image_size) for a in annos]
         inst = Instances(image_size)
         boxes = np.asarray([a["bbox"] for a in annos], dtype=np.float32).reshape(-1, 4)
