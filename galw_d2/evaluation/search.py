@@ -22,6 +22,7 @@ Speed: the similarities of a chunk of queries to all detections are one matrix p
 bounded by ``chunk_bytes``); each query's body is vectorised (one sort of its detections).
 """
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -215,16 +216,19 @@ class _GalleryPlanner:
     def plan(self, q) -> _QueryGallery:
         t = self.t
         if self.p.rule == "explicit":
-            names = [n for n, _ in q.gallery]
-            boxes = [b for _, b in q.gallery]
-            count_gt = sum(b is not None and np.asarray(b).size > 0 for b in boxes)
-            first: Dict[str, Optional[np.ndarray]] = {}
-            for n, b in zip(names, boxes):
-                if n not in first:  # a duplicate is scored once, with its first entry's box
-                    first[n] = b
-            ids = np.array([t.index[n] for n in first], dtype=np.int64)
-            gt = [(t.index[n], np.asarray(b, np.float32).reshape(4)) for n, b in first.items()
-                  if b is not None and np.asarray(b).size > 0]
+            names = list(map(itemgetter(0), q.gallery))
+            boxes = list(map(itemgetter(1), q.gallery))
+            ids_all = np.fromiter(map(t.index.__getitem__, names), dtype=np.int64, count=len(names))
+            # a duplicated image is scored once, with its first entry's box; every entry with a box counts
+            _, first_idx = np.unique(ids_all, return_index=True)
+            first_idx.sort()
+            ids = ids_all[first_idx]
+            listed = [i for i, b in enumerate(boxes) if b is not None]
+            listed = [i for i in listed if np.size(boxes[i]) > 0]
+            count_gt = len(listed)
+            is_first = np.zeros(len(names), dtype=bool)
+            is_first[first_idx] = True
+            gt = [(int(ids_all[i]), boxes[i]) for i in listed if is_first[i]]
             rows = t.rows_of(ids)
         else:
             qid = t.index.get(q.image, -1)
@@ -246,7 +250,8 @@ class _GalleryPlanner:
 
 @dataclass
 class QueryScore:
-    """Per-query outcome. ``rows``/``sims``/``labels`` are in decreasing-similarity order (stable)."""
+    """Per-query outcome. ``rows``/``sims``/``labels``: the ranked list in decreasing similarity (stable),
+    only from :func:`score_query` (None inside :func:`evaluate_search`)."""
 
     ap: float
     count_tp: int
@@ -257,39 +262,58 @@ class QueryScore:
     labels: np.ndarray
 
 
-def _score(table: DetectionTable, g: _QueryGallery, sims_all_rows: np.ndarray, gt_slot: np.ndarray) -> QueryScore:
-    rows = g.rows
-    sims = sims_all_rows[rows]
-    labels = np.zeros(rows.size, dtype=np.int8)
-    if g.gt_images.size and rows.size:
-        gt_slot[g.gt_images] = np.arange(g.gt_images.size)
-        slot = gt_slot[table.image[rows]]
-        gt_slot[g.gt_images] = -1
-        pos = np.flatnonzero(slot >= 0)
-        if pos.size:
-            s = slot[pos]
-            gtb = g.gt_boxes[s].astype(np.float64)
-            thr = iou_threshold(gtb[:, 2] - gtb[:, 0], gtb[:, 3] - gtb[:, 1])
-            ok = box_iou_rows(table.boxes[rows[pos]], gtb) >= thr
-            cand = pos[ok]
-            if cand.size:
-                # per image: most similar candidate, ties -> earliest position
-                o = np.lexsort((cand, -sims[cand].astype(np.float64), slot[cand]))
-                cs = slot[cand][o]
-                firsts = np.concatenate([[True], cs[1:] != cs[:-1]])
-                labels[cand[o][firsts]] = 1
-    order = np.argsort(-sims, kind="stable")
-    sims_o, labels_o, rows_o = sims[order], labels[order], rows[order]
-    count_tp = int(labels.sum())
+def _true_positives(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray) -> np.ndarray:
+    """Rows of the one true positive per GT image (most similar detection over its IoU threshold)."""
+    if g.gt_images.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lens = table.offsets[g.gt_images + 1] - table.offsets[g.gt_images]
+    cand = table.rows_of(g.gt_images)
+    if cand.size == 0:
+        return cand
+    slot = np.repeat(np.arange(g.gt_images.size), lens)
+    gtb = g.gt_boxes.astype(np.float64)
+    thr = iou_threshold(gtb[:, 2] - gtb[:, 0], gtb[:, 3] - gtb[:, 1])
+    ok = box_iou_rows(table.boxes[cand], gtb[slot]) >= thr[slot]
+    cand, slot = cand[ok], slot[ok]
+    if cand.size == 0:
+        return cand
+    # per image: most similar candidate, ties -> the earlier detection
+    o = np.lexsort((cand, -sims_all[cand].astype(np.float64), slot))
+    cs = slot[o]
+    firsts = np.concatenate([[True], cs[1:] != cs[:-1]])
+    return cand[o][firsts]
+
+
+def _score(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray, ranked: bool = False) -> QueryScore:
+    """AP / top-k of one query without sorting its detections: only the (few) true positives are ranked.
+
+    With T true positives at similarities s_t among the n gallery detections s, sklearn's AP is
+    sum_t (#TP with s >= s_t) / (#detections with s >= s_t) / T (tied scores share one threshold);
+    the rank of a TP is #(s > s_t) + #(s == s_t earlier in the concatenated list).
+    """
+    tp_rows = _true_positives(table, g, sims_all)
+    count_tp = int(tp_rows.size)
     if count_tp > g.count_gt:  # cannot happen with a consistent protocol
         raise AssertionError(f"{count_tp} true positives > {g.count_gt} gallery entries with the person")
-    if count_tp == 0 or g.count_gt == 0:
-        ap = 0.0
-    else:
-        ap = _ap_sorted(labels_o.astype(np.float64), sims_o) * count_tp / g.count_gt
-    hits = np.flatnonzero(labels_o)
-    first = int(hits[0]) if hits.size else -1
-    return QueryScore(ap, count_tp, g.count_gt, first, rows_o, sims_o, labels_o)
+    ap, first = 0.0, -1
+    s = sims_all[g.rows] if (count_tp or ranked) else None
+    if count_tp and g.count_gt:
+        st = sims_all[tp_rows]
+        n_ge = (s[None, :] >= st[:, None]).sum(axis=1)
+        tp_ge = (st[None, :] >= st[:, None]).sum(axis=1)
+        ap = float(np.sum(tp_ge / n_ge)) / g.count_gt
+        n_gt = (s[None, :] > st[:, None]).sum(axis=1)
+        n_eq = n_ge - n_gt
+        rank = n_gt.copy()
+        for t in np.flatnonzero(n_eq > 1):  # exact ties only
+            pos = int(np.flatnonzero(g.rows == tp_rows[t])[0])
+            rank[t] += int(np.count_nonzero(s[:pos] == st[t]))
+        first = int(rank.min())
+    if ranked:
+        order = np.argsort(-s, kind="stable")
+        labels = np.isin(g.rows, tp_rows).astype(np.int8)
+        return QueryScore(ap, count_tp, g.count_gt, first, g.rows[order], s[order], labels[order])
+    return QueryScore(ap, count_tp, g.count_gt, first, None, None, None)
 
 
 def _check_query_feats(query_feats: np.ndarray, n: int, dim: int) -> np.ndarray:
@@ -331,14 +355,13 @@ def evaluate_search(
         "num_queries_without_gt": int}``, fractions in [0, 1].
     """
     dim = _feature_dim(gallery, query_feats)
-    names = list(protocol.gallery)
+    names = dict.fromkeys(protocol.gallery)
     if protocol.rule == "explicit":
         for q in protocol.queries:
-            names.extend(n for n, _ in q.gallery)
-    table = DetectionTable.build(gallery, list(dict.fromkeys(names)), det_thresh, dim)
+            names.update(dict.fromkeys(map(itemgetter(0), q.gallery)))
+    table = DetectionTable.build(gallery, list(names), det_thresh, dim)
     qf = _check_query_feats(query_feats, len(protocol.queries), dim)
     planner = _GalleryPlanner(protocol, table)
-    gt_slot = np.full(len(table.names), -1, dtype=np.int64)
     nq = len(protocol.queries)
     aps = np.zeros(nq)
     tps = np.zeros(nq, dtype=np.int64)
@@ -355,7 +378,7 @@ def evaluate_search(
         sims_block = qf[s:s + step] @ table.feats.T  # (chunk, M)
         for j in range(sims_block.shape[0]):
             qi = s + j
-            r = _score(table, planner.plan(protocol.queries[qi]), sims_block[j], gt_slot)
+            r = _score(table, planner.plan(protocol.queries[qi]), sims_block[j])
             aps[qi], tps[qi], gts[qi], first[qi] = r.ap, r.count_tp, r.count_gt, r.first_tp_rank
     valid = gts > 0
     out = {"mAP": float(aps[valid].mean()) if valid.any() else 0.0}
@@ -385,8 +408,7 @@ def score_query(
     qf = np.asarray(query_feats, dtype=np.float32)
     q = _check_query_feats(qf[query_index:query_index + 1], 1, dim)
     planner = _GalleryPlanner(protocol, table)
-    gt_slot = np.full(len(table.names), -1, dtype=np.int64)
-    r = _score(table, planner.plan(protocol.queries[query_index]), (q @ table.feats.T)[0], gt_slot)
+    r = _score(table, planner.plan(protocol.queries[query_index]), (q @ table.feats.T)[0], ranked=True)
     return r, table
 
 

@@ -1,0 +1,165 @@
+"""PersonSearchEvaluator under detectron2's inference_on_dataset, printing, EvalHook and BestCheckpointer."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detectron2.engine import hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from galw_d2.data.protocol import GalleryImage, SearchProtocol, SearchQuery
+from galw_d2.evaluation import PersonSearchEvaluator, evaluate_results, load_results
+
+P = [0, 0, 50, 100]
+
+
+def f(s):
+    return [s, float(np.sqrt(1 - s * s))]
+
+
+def protocol():
+    gal = {
+        "Q.jpg": GalleryImage("Q.jpg", [P], [1], camera=1),
+        "X.jpg": GalleryImage("X.jpg", [P, [100, 0, 150, 100]], [1, 7], camera=1),
+        "Y.jpg": GalleryImage("Y.jpg", [P], [1], camera=2),
+        "Z.jpg": GalleryImage("Z.jpg", [P], [-1], camera=2),
+        "W.jpg": GalleryImage("W.jpg", [P], [1], camera=2),
+    }
+    return SearchProtocol("prw", "standard", "all_but_query", gal, [SearchQuery("Q.jpg", P, pid=1, camera=1)])
+
+
+# model outputs per gallery image: (boxes, scores, sims to [1, 0])
+DETS = {
+    "Q.jpg": ([P], [0.9], [0.99]),
+    "X.jpg": ([P], [0.9], [0.5]),
+    "Y.jpg": ([[25, 0, 75, 100], [0, 0, 50, 90]], [0.9, 0.9], [0.9, 0.4]),
+    "Z.jpg": ([P], [0.9], [0.95]),
+    "W.jpg": ([], [], []),
+}
+STANDARD_MAP = (0.5 / 3 + 0.25) * 2 / 3  # hand-computed in test_eval_search.test_all_but_query_rule
+# upper bound: embedding of each GT box (sims), in GalleryImage box order
+GT_SIMS = {"Q.jpg": [0.99], "X.jpg": [0.5, 0.2], "Y.jpg": [0.9], "Z.jpg": [0.95], "W.jpg": [0.1]}
+
+
+class FakeModel(nn.Module):
+    """Fixed outputs by image name, in the format of docs/DESIGN.md."""
+
+    def __init__(self, query_box_sim=1.0, query_dets=None):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+        self.query_box_sim, self.query_dets = query_box_sim, query_dets
+
+    def forward(self, batched_inputs):
+        outs = []
+        for x in batched_inputs:
+            name = x["image_name"]
+            boxes, scores, sims = DETS[name] if not x.get("is_query") else (self.query_dets or DETS[name])
+            inst = Instances((x["height"], x["width"]))
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            inst.scores = torch.tensor(scores, dtype=torch.float32)
+            inst.pred_classes = torch.zeros(len(scores), dtype=torch.int64)
+            inst.embeddings = torch.tensor([f(s) for s in sims], dtype=torch.float32).reshape(-1, 2)
+            out = {"instances": inst}
+            if "embed_boxes" in x:
+                if x.get("is_query"):
+                    out["box_embeddings"] = torch.tensor([f(self.query_box_sim)])
+                else:
+                    out["box_embeddings"] = torch.tensor([f(s) for s in GT_SIMS[name]])
+            outs.append(out)
+        return outs
+
+
+def inputs(upper_bound=False):
+    pr = protocol()
+    recs = []
+    for i, (n, g) in enumerate(pr.gallery.items()):
+        r = {"image_name": n, "file_name": f"/nowhere/{n}", "image_id": i, "height": 200, "width": 300}
+        if upper_bound:
+            r["embed_boxes"] = torch.as_tensor(g.boxes)
+        recs.append(r)
+    recs.append({"image_name": "Q.jpg", "file_name": "/nowhere/Q.jpg", "image_id": 99, "height": 200, "width": 300,
+                 "is_query": True, "query_index": 0, "embed_boxes": torch.tensor([P], dtype=torch.float32)})
+    return [[r] for r in recs]  # batch size 1
+
+
+def test_inference_on_dataset_box_mode_printing_and_hooks(tmp_path, caplog):
+    ev = PersonSearchEvaluator("prw_test", output_dir=str(tmp_path), protocol=protocol(), save_results=True,
+                               det_thresh=0.5, distributed=False)
+    res = inference_on_dataset(FakeModel(query_box_sim=1.0), inputs(), ev)
+    assert set(res) == {"search", "detection"}
+    assert res["search"]["mAP"] == pytest.approx(STANDARD_MAP)
+    assert res["search"]["top1"] == 0.0 and res["search"]["top5"] == 1.0
+    assert res["search"]["det-thresh"] == 0.5 and res["search"]["query-mode-best-iou"] == 0.0
+    # detection: kept dets Q .9 TP, X .9 TP, Y two (IoU .33 and .9 with P: the second is the TP), Z TP; GT = 6
+    assert res["detection"]["recall"] == pytest.approx(4 / 6)
+    assert ev.settings["protocol"] == "prw/standard" and ev.settings["query_mode"] == "box"
+    # detectron2's printing and EvalHook's float check / storage, BestCheckpointer's metric name
+    with caplog.at_level(logging.INFO):
+        print_csv_format(res)
+    assert "copypaste: mAP,top1,top5,top10" in caplog.text
+    assert all(isinstance(float(v), float) for v in flatten_results_dict(res).values())
+    with EventStorage(0) as storage:
+        hook = hooks.EvalHook(1, lambda: res)
+        hook.trainer = type("T", (), {"storage": storage, "iter": 0, "max_iter": 10})()
+        hook._do_eval()
+        assert storage.latest()["search/mAP"][0] == pytest.approx(STANDARD_MAP)
+    # the saved-results file re-scores to the same numbers
+    saved = load_results(str(tmp_path / "search_results.pth"), protocol=protocol())
+    assert saved["settings"]["det_thresh"] == 0.5
+    again = evaluate_results(protocol(), saved, det_thresh=0.5)
+    assert again["search"]["mAP"] == pytest.approx(STANDARD_MAP)
+    assert again["detection"]["recall"] == pytest.approx(4 / 6)
+
+
+def test_best_iou_query_mode():
+    # the query image's detections: the one on the query box has the [1, 0] feature; the box embedding is off
+    qdets = ([P, [200, 0, 260, 100]], [0.3, 0.9], [1.0, 0.0])
+    box = PersonSearchEvaluator("prw_test", protocol=protocol(), query_mode="box", distributed=False)
+    best = PersonSearchEvaluator("prw_test", protocol=protocol(), query_mode="best_iou", distributed=False)
+    r_box = inference_on_dataset(FakeModel(query_box_sim=0.0, query_dets=qdets), inputs(), box)
+    r_best = inference_on_dataset(FakeModel(query_box_sim=0.0, query_dets=qdets), inputs(), best)
+    assert r_best["search"]["mAP"] == pytest.approx(STANDARD_MAP)
+    assert r_best["search"]["query-mode-best-iou"] == 1.0 and r_best["search"]["query-fallbacks"] == 0.0
+    assert r_box["search"]["mAP"] != pytest.approx(STANDARD_MAP)
+    # no overlapping detection: falls back to the box embedding, and says so
+    fb = PersonSearchEvaluator("prw_test", protocol=protocol(), query_mode="best_iou", distributed=False)
+    r_fb = inference_on_dataset(FakeModel(query_box_sim=1.0, query_dets=([[200, 0, 260, 100]], [0.9], [0.0])),
+                                inputs(), fb)
+    assert r_fb["search"]["mAP"] == pytest.approx(STANDARD_MAP) and r_fb["search"]["query-fallbacks"] == 1.0
+
+
+def test_upper_bound_uses_gt_boxes():
+    ev = PersonSearchEvaluator("prw_test", protocol=protocol(), upper_bound=True, distributed=False)
+    res = inference_on_dataset(FakeModel(), inputs(upper_bound=True), ev)
+    # ranked GT boxes: .95 Z, .9 Y TP, .5 X TP, .2 X, .1 W TP -> AP = (1/2 + 2/3 + 3/5) / 3, recall 3/3
+    assert res["search"]["mAP"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 3)
+    assert res["search"]["upper-bound"] == 1.0 and "detection" not in res
+
+
+def test_config_and_errors():
+    from detectron2.config import get_cfg
+
+    from galw_d2 import add_galw_config
+
+    cfg = add_galw_config(get_cfg())
+    cfg.TEST.PERSON_SEARCH.QUERY_MODE = "best_iou"
+    cfg.TEST.PERSON_SEARCH.DET_THRESH = 0.2
+    ev = PersonSearchEvaluator("prw_test", cfg, protocol=protocol(), distributed=False)
+    assert ev.query_mode == "best_iou" and ev.det_thresh == 0.2 and ev.gallery_size == 100
+    with pytest.raises(ValueError, match="query_mode 'nope'"):
+        PersonSearchEvaluator("prw_test", query_mode="nope", protocol=protocol())
+    ev = PersonSearchEvaluator("prw_test", protocol=protocol(), distributed=False)
+    ev.reset()
+    ev.process(*_gallery_only())
+    with pytest.raises(ValueError, match="1 of 1 protocol queries were not processed"):
+        ev.evaluate()
+
+
+def _gallery_only():
+    recs = [b[0] for b in inputs()[:-1]]
+    return recs, FakeModel()(recs)
