@@ -27,12 +27,19 @@ _OWNED = {
 _MARKERS = ("synthps_meta.json", "synthps_attributes.json")
 
 
-def _prepare_root(root: str) -> None:
+def _check_root(root: str) -> None:
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise FileExistsError(f"SynthPS output {root!r} is a file; expected a directory")
     if os.path.isdir(root) and os.listdir(root):
         if not any(os.path.exists(os.path.join(root, m)) for m in _MARKERS):
             raise FileExistsError(
                 f"SynthPS output {root!r} exists, is not empty and is not a SynthPS root "
                 f"(no {_MARKERS[0]}); choose an empty or new directory")
+
+
+def _prepare_root(root: str) -> None:
+    _check_root(root)
+    if os.path.isdir(root) and os.listdir(root):
         for names in _OWNED.values():
             for n in names:
                 p = os.path.join(root, n)
@@ -67,6 +74,7 @@ def generate_synthps(output: str, fmt: str = "cuhk_sysu", preset: str = "tiny", 
     if preset not in PRESETS:
         raise ValueError(f"unknown SynthPS preset {preset!r}; expected one of {sorted(PRESETS)}")
     root = os.path.abspath(output)
+    _check_root(root)  # before rendering: fail fast
     truth, images = build_scenes(preset, seed, progress=progress)
     truth.fmt = fmt
     _prepare_root(root)
