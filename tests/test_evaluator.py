@@ -163,3 +163,86 @@ def test_config_and_errors():
 def _gallery_only():
     recs = [b[0] for b in inputs()[:-1]]
     return recs, FakeModel()(recs)
+
+
+# ------------------------------------------------------------------ the re-scoring tool on real loaders (SynthPS)
+def _oracle_results(protocol, drop=()):
+    """GT boxes as detections, one-hot-by-pid features (unlabeled: their own direction)."""
+    pids = sorted({int(p) for g in protocol.gallery.values() for p in g.pids if p >= 0} | {q.pid for q in protocol.queries})
+    col = {p: i for i, p in enumerate(pids)}
+    dim = len(pids) + sum(int((g.pids < 0).sum()) for g in protocol.gallery.values()) + 1
+    extra = len(pids)
+    gallery = {}
+    for n, g in protocol.gallery.items():
+        if n in drop:
+            continue
+        feats = np.zeros((len(g.pids), dim), np.float32)
+        for j, p in enumerate(g.pids):
+            if p >= 0:
+                feats[j, col[int(p)]] = 1
+            else:
+                feats[j, extra] = 1
+                extra += 1
+        gallery[n] = {"boxes": g.boxes, "scores": np.ones(len(g.pids), np.float32), "feats": feats}
+    queries = []
+    for q in protocol.queries:
+        v = np.zeros(dim, np.float32)
+        v[col[q.pid]] = 1
+        queries.append({"image": q.image, "box": q.box, "feat": v})
+    return {"gallery": gallery, "queries": queries}
+
+
+@pytest.mark.parametrize("fmt", ["cuhk_sysu", "prw"])
+def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt):
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    import evaluate_search
+
+    from galw_d2.data import load_cuhk_sysu_protocol, load_prw_protocol
+    from galw_d2.evaluation import save_results
+
+    root = synthps_tiny[fmt]
+    proto = load_cuhk_sysu_protocol(root, gallery_size=-1) if fmt == "cuhk_sysu" else load_prw_protocol(root)
+    path = save_results(str(tmp_path / "r.pth"), _oracle_results(proto))
+    extra = ["--gallery-size", "-1"] if fmt == "cuhk_sysu" else []
+    out = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path, "--json", str(tmp_path / "o.json")]
+                               + extra)
+    # perfect detections and features: every query finds every image of its person
+    assert out["search"]["mAP"] == pytest.approx(1.0) and out["search"]["top1"] == 1.0
+    assert out["detection"]["recall"] == 1.0 and out["detection"]["AP"] == pytest.approx(1.0)
+    assert json.load(open(tmp_path / "o.json"))["settings"]["det_thresh"] == 0.5
+    # drop the results of one image holding query 0's person: its queries' recall drops by 1 / count_gt
+    q0 = proto.queries[0]
+    holder = next(n for n, g in proto.gallery.items() if n != q0.image and q0.pid in g.pids)
+    path = save_results(str(tmp_path / "r2.pth"), _oracle_results(proto, drop={holder}))
+    out2 = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path] + extra)
+    expect = []
+    for q in proto.queries:
+        imgs = [n for n, g in proto.gallery.items() if n != q.image and q.pid in g.pids]
+        expect.append((len(imgs) - (holder in imgs)) / len(imgs) if imgs else None)
+    expect = [e for e in expect if e is not None]
+    assert out2["search"]["mAP"] == pytest.approx(np.mean(expect))
+
+
+def test_plots(tmp_path):
+    from PIL import Image
+
+    from galw_d2.evaluation import validate_results
+    from galw_d2.evaluation.plots import plot_map_vs_gallery_size, plot_topk_search
+
+    p = plot_map_vs_gallery_size({"GALW": {50: 0.95, 100: 0.94, 4000: 0.8, -1: 0.7}, "NAE": {50: 0.93, 100: 0.92}},
+                                 str(tmp_path / "fig4.png"))
+    assert Image.open(p).size[0] > 100
+    for n in protocol().gallery:
+        Image.fromarray(np.full((200, 300, 3), 128, np.uint8)).save(tmp_path / n)
+    gal = {n: {"boxes": np.array(b, np.float32).reshape(-1, 4), "scores": np.array(s, np.float32),
+               "feats": np.array([f(x) for x in v], np.float32).reshape(-1, 2)} for n, (b, s, v) in DETS.items()}
+    res = validate_results({"gallery": gal, "queries": []})
+    p = plot_topk_search(protocol(), res["gallery"], np.array([[1.0, 0.0]], np.float32), [0], str(tmp_path),
+                         str(tmp_path / "fig5.png"), k=3)
+    assert Image.open(p).size[0] > 100
+    with pytest.raises(ValueError, match="no curves"):
+        plot_map_vs_gallery_size({}, str(tmp_path / "x.png"))
