@@ -192,8 +192,8 @@ def _oracle_results(protocol, drop=()):
     return {"gallery": gallery, "queries": queries}
 
 
-@pytest.mark.parametrize("fmt", ["cuhk_sysu", "prw"])
-def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt):
+@pytest.mark.parametrize("fmt,gsize", [("cuhk_sysu", -1), ("cuhk_sysu", 50), ("prw", None)])
+def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt, gsize):
     import json
     import os
     import sys
@@ -205,9 +205,10 @@ def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt):
     from galw_d2.evaluation import save_results
 
     root = synthps_tiny[fmt]
-    proto = load_cuhk_sysu_protocol(root, gallery_size=-1) if fmt == "cuhk_sysu" else load_prw_protocol(root)
+    proto = load_cuhk_sysu_protocol(root, gallery_size=gsize) if fmt == "cuhk_sysu" else load_prw_protocol(root)
+    assert proto.rule == ("explicit" if gsize == 50 else "all_but_query")
     path = save_results(str(tmp_path / "r.pth"), _oracle_results(proto))
-    extra = ["--gallery-size", "-1"] if fmt == "cuhk_sysu" else []
+    extra = ["--gallery-size", str(gsize)] if fmt == "cuhk_sysu" else []
     out = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path, "--json", str(tmp_path / "o.json")]
                                + extra)
     # perfect detections and features: every query finds every image of its person
@@ -216,12 +217,16 @@ def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt):
     assert json.load(open(tmp_path / "o.json"))["settings"]["det_thresh"] == 0.5
     # drop the results of one image holding query 0's person: its queries' recall drops by 1 / count_gt
     q0 = proto.queries[0]
-    holder = next(n for n, g in proto.gallery.items() if n != q0.image and q0.pid in g.pids)
+    holder = next(n for n, g in proto.gallery.items() if n != q0.image and q0.pid in g.pids
+                  and (proto.rule != "explicit" or n in {m for m, b in q0.gallery if b is not None}))
     path = save_results(str(tmp_path / "r2.pth"), _oracle_results(proto, drop={holder}))
     out2 = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path] + extra)
     expect = []
     for q in proto.queries:
-        imgs = [n for n, g in proto.gallery.items() if n != q.image and q.pid in g.pids]
+        if proto.rule == "explicit":
+            imgs = [n for n, b in q.gallery if b is not None]
+        else:
+            imgs = [n for n, g in proto.gallery.items() if n != q.image and q.pid in g.pids]
         expect.append((len(imgs) - (holder in imgs)) / len(imgs) if imgs else None)
     expect = [e for e in expect if e is not None]
     assert out2["search"]["mAP"] == pytest.approx(np.mean(expect))
