@@ -27,6 +27,7 @@ def main(argv=None):
     ap.add_argument("--preview", default=None, help="preview image path (default: <output>/preview.jpg)")
     ap.add_argument("--no-preview", action="store_true", help="do not write a preview image")
     ap.add_argument("--preview-scenes", type=int, default=12, help="scenes in the preview grid (default: 12)")
+    ap.add_argument("--preview-scale", type=float, default=1.0, help="resize factor of the preview tiles (default: 1)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
 
@@ -41,7 +42,8 @@ def main(argv=None):
     summary["root"] = root
     summary["seconds"] = round(elapsed, 2)
     if not args.no_preview:
-        summary["preview"] = render_preview(root, args.preview, n=args.preview_scenes)
+        summary["preview"] = render_preview(root, args.preview, n=args.preview_scenes,
+                                            scale=args.preview_scale)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -111,7 +111,8 @@ def summarize(truth: SynthPSTruth) -> dict:
 
 def render_preview(root: str, path: Optional[str] = None, n: int = 12, cols: int = 4, scale: float = 1.0) -> str:
     """A grid of ``n`` scenes (train and test) with their boxes: green = labeled (file id),
-    red = unlabeled, yellow = a query. Written to ``path`` (default ``<root>/preview.jpg``)."""
+    red = unlabeled, yellow = a query. Written to ``path`` (default ``<root>/preview.jpg``; a .png
+    path is saved as a 128-colour palette PNG). ``scale`` resizes every tile."""
     import cv2
 
     truth = load_truth(root)
@@ -125,16 +126,16 @@ def render_preview(root: str, path: Optional[str] = None, n: int = 12, cols: int
         img = cv2.imread(os.path.join(img_dir, s.name))
         if img is None:
             raise FileNotFoundError(os.path.join(img_dir, s.name))
+        if scale != 1.0:  # resize first, draw after: labels stay readable
+            img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         for j, p in enumerate(s.persons):
-            x, y, w, h = p.box
+            x, y, w, h = (int(round(v * scale)) for v in p.box)
             colour = (0, 220, 255) if (s.name, j) in query_keys else ((60, 220, 60) if p.pid >= 0 else (60, 60, 230))
             cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), colour, 1)
             label = str(p.pid) if p.pid >= 0 else "-"
             cv2.putText(img, label, (x + 1, max(9, y - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, 1, cv2.LINE_AA)
         cam = f"{s.split} cam{s.camera} {s.name}" if truth.fmt == "prw" else f"{s.split} {s.name}"
         cv2.putText(img, cam, (3, img.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
-        if scale != 1.0:
-            img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         tiles.append(img)
     if not tiles:
         raise ValueError(f"{root}: no scenes to preview")
@@ -146,6 +147,11 @@ def render_preview(root: str, path: Optional[str] = None, n: int = 12, cols: int
         grid[r * th:r * th + t.shape[0], c * tw:c * tw + t.shape[1]] = t
     path = path or os.path.join(root, "preview.jpg")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, grid):
+    if path.lower().endswith(".png"):  # palette PNG: small enough to commit / show in docs
+        from PIL import Image
+
+        Image.fromarray(grid[:, :, ::-1]).quantize(colors=128, method=Image.Quantize.MEDIANCUT,
+                                                   dither=Image.Dither.NONE).save(path, optimize=True)
+    elif not cv2.imwrite(path, grid):
         raise RuntimeError(f"could not write preview {path}")
     return path
