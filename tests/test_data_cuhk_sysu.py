@@ -150,6 +150,8 @@ def test_protocols(tmp_path, cache):
     np.testing.assert_array_equal(q0.gallery[0][1], [5, 5, 25, 45])
     assert q0.gallery[1][1] is None and q0.gallery[2][1] is None
     assert [g[0] for g in q1.gallery] == ["s4.jpg", "s3.jpg", "s4.jpg"]  # duplicates kept, file order
+    assert len(q1.gallery) == 3 and q1.gallery[-1][0] == "s4.jpg" and q1.gallery[1:2] == [("s3.jpg", None)]
+    np.testing.assert_array_equal(q1.gallery[2][1], [40, 10, 70, 70])
     assert q1.pid == 1 and q1.info["ishard"] == 1
 
     assert [len(q.gallery) for q in load_cuhk_sysu_protocol(root, 100).queries] == [4, 4]

@@ -22,6 +22,7 @@ import glob
 import logging
 import os
 import re
+from collections.abc import Sequence
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -45,7 +46,7 @@ from .common import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_cuhk_sysu", "load_cuhk_sysu_protocol", "cuhk_sysu_gallery_sizes", "CUHK_SYSU_LAYOUT", "SUBSETS"]
+__all__ = ["load_cuhk_sysu", "load_cuhk_sysu_protocol", "cuhk_sysu_gallery_sizes", "cuhk_sysu_num_train_pids", "GalleryList", "CUHK_SYSU_LAYOUT", "SUBSETS"]
 
 CUHK_SYSU_LAYOUT = """\
   <root>/Image/SSM/*.jpg                                   the scene images
@@ -160,9 +161,16 @@ def _fast_strs(arr, where):
 
 
 def _parse_protocol_file(path, keys):
-    """Queries of a TestG / subset file: list of dicts, galleries stored compactly (cache-friendly)."""
+    """Queries of a TestG / subset file, galleries stored compactly (TestG4000: 11.6M entries).
+
+    Returns:
+        {"names": [gallery image names], "queries": [{"image", "box" (x, y, w, h), "ishard", "idname",
+        "gallery_idx" int32 (G,) into names, "gallery_pos" int32 (P,) entries with the person,
+        "gallery_xywh" float64 (P, 4) their boxes}]}
+    """
     value = load_mat(path, keys, CUHK_SYSU_LAYOUT)["value"]
     entries = mat_structs(value, f"{path}: {keys[0]}")
+    table: Dict[str, int] = {}
     queries = []
     for i, e in enumerate(entries):
         where = f"{path}: query {i + 1}"
@@ -181,23 +189,60 @@ def _parse_protocol_file(path, keys):
             gs = mat_structs(g, where + ".Gallery")
             gnames = [mat_str(mat_field(s, ["imname"], where + ".Gallery"), where + ".Gallery.imname") for s in gs]
             graw = [mat_field(s, ["idlocate"], where + ".Gallery") for s in gs]
-        gboxes = np.full((len(gnames), 4), np.nan, dtype=np.float64)
+        pos, xywh = [], []
         for j, b in enumerate(graw):
-            box = b if isinstance(b, np.ndarray) and b.dtype.kind == "f" else None
-            box = box.ravel() if box is not None else mat_box(b, f"{where}.Gallery({j + 1}).idlocate")
-            if box is not None and box.size == 4 and box[2] > 0 and box[3] > 0:  # empty / zeros = absent
-                gboxes[j] = box
-            elif box is not None and box.size not in (0, 4):
-                raise DatasetFormatError(f"{where}.Gallery({j + 1}).idlocate: expected [x, y, w, h] or empty")
+            if isinstance(b, np.ndarray) and b.dtype.kind == "f":
+                box = b.ravel()
+            else:
+                box = mat_box(b, f"{where}.Gallery({j + 1}).idlocate")
+                box = np.zeros(0) if box is None else box
+            if box.size == 4 and box[2] > 0 and box[3] > 0:  # empty or zero-size = person absent
+                pos.append(j)
+                xywh.append(box)
+            elif box.size not in (0, 4):
+                raise DatasetFormatError(f"{where}.Gallery({j + 1}).idlocate: expected [x, y, w, h] or empty, got {box.tolist()}")
         queries.append({
             "image": mat_str(mat_field(q, ["imname"], where + ".Query"), where + ".Query.imname"),
             "box": qbox,
             "ishard": mat_int(q["ishard"], where + ".Query.ishard", 0) if "ishard" in q else 0,
             "idname": mat_str(q["idname"], where + ".Query.idname") if "idname" in q else "",
-            "gallery_names": gnames,
-            "gallery_boxes": gboxes,
+            "gallery_idx": np.array([table.setdefault(n, len(table)) for n in gnames], dtype=np.int32),
+            "gallery_pos": np.array(pos, dtype=np.int32),
+            "gallery_xywh": np.array(xywh, dtype=np.float64).reshape(-1, 4),
         })
-    return queries
+    return {"names": list(table), "queries": queries}
+
+
+class GalleryList(Sequence):
+    """Read-only list of ``(image name, (4,) float32 XYXY box or None)`` of one query, stored compactly."""
+
+    __slots__ = ("_names", "_idx", "_boxes")
+
+    def __init__(self, names: List[str], idx: np.ndarray, boxes: Dict[int, np.ndarray]):
+        self._names, self._idx, self._boxes = names, idx, boxes
+
+    def __len__(self):
+        return len(self._idx)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        return self._names[self._idx[i]], self._boxes.get(i)
+
+    def __iter__(self):
+        names, boxes = self._names, self._boxes
+        for j, k in enumerate(self._idx.tolist()):
+            yield names[k], boxes.get(j)
+
+    def __repr__(self):
+        return f"GalleryList({len(self)} entries, {len(self._boxes)} with the person)"
+
+
+def _gallery_pairs(q, names):
+    """(name, xywh box or None) of every gallery entry of a parsed query."""
+    boxes = dict(zip(q["gallery_pos"].tolist(), q["gallery_xywh"]))
+    return [(names[k], boxes.get(j)) for j, k in enumerate(q["gallery_idx"].tolist())]
 
 
 def _protocol_queries(path, keys):
@@ -262,7 +307,8 @@ def _build_index(root):
     # and their positive gallery boxes); equal idname = same person
     base = _base_size(root)
     base_path = _testg_path(root, base)
-    base_queries = _parse_protocol_file(base_path, [f"TestG{base}"])
+    parsed = _parse_protocol_file(base_path, [f"TestG{base}"])
+    base_queries, base_names = parsed["queries"], parsed["names"]
     test_pids = {n: np.full(len(boxes[n]), -1, dtype=np.int64) for n in pool}
     id_of: Dict[str, int] = {}
     query_pids = []
@@ -276,10 +322,10 @@ def _build_index(root):
                 f"{where}: query image {q['image']} is not in the gallery split (pool.mat)"
             )
         _label(q["image"], q["box"], pid, boxes, test_pids, dropped, where + " (Query)", counters)
-        for gname, gbox in zip(q["gallery_names"], q["gallery_boxes"]):
+        for gname, gbox in _gallery_pairs(q, base_names):
             if gname not in test_pids:
                 raise DatasetFormatError(f"{where}: gallery image {gname} is not in the gallery split (pool.mat)")
-            if not np.isnan(gbox[0]):
+            if gbox is not None:
                 _label(gname, gbox, pid, boxes, test_pids, dropped, where + " (Gallery)", counters)
 
     n_dropped = sum(len(v) for v in dropped.values())
@@ -400,8 +446,13 @@ def load_cuhk_sysu_protocol(root: str, gallery_size: int = 100, subset: Optional
             )
         path, keys, name, rule = _testg_path(root, gallery_size), [f"TestG{gallery_size}"], f"TestG{gallery_size}", "explicit"
 
+    parsed = _protocol_queries(path, keys)
+    missing = [n for n in parsed["names"] if n not in gallery]
+    if missing:
+        raise DatasetFormatError(f"{path}: {len(missing)} gallery image(s) not in the gallery split (pool.mat), e.g. {missing[:3]}")
+    names = [gallery[n].name for n in parsed["names"]]  # shared strings
     queries = []
-    for i, q in enumerate(_protocol_queries(path, keys)):
+    for i, q in enumerate(parsed["queries"]):
         where = f"{path}: query {i + 1}"
         gi = gallery.get(q["image"])
         if gi is None:
@@ -412,11 +463,8 @@ def load_cuhk_sysu_protocol(root: str, gallery_size: int = 100, subset: Optional
             raise DatasetFormatError(f"{where}: query box {q['box'].tolist()} is not a labeled person of {q['image']}")
         glist = None
         if rule == "explicit":
-            glist = []
-            for gname, gbox in zip(q["gallery_names"], q["gallery_boxes"]):
-                if gname not in gallery:
-                    raise DatasetFormatError(f"{where}: gallery image {gname} is not in the gallery split (pool.mat)")
-                glist.append((gallery[gname].name, None if np.isnan(gbox[0]) else _xyxy(gbox).astype(np.float32)))
+            gboxes = {int(j): _xyxy(b).astype(np.float32) for j, b in zip(q["gallery_pos"], q["gallery_xywh"])}
+            glist = GalleryList(names, q["gallery_idx"], gboxes)
         queries.append(SearchQuery(q["image"], box, int(gi.pids[j]), -1, glist,
                                    {"ishard": q["ishard"], "idname": q["idname"]}))
     return SearchProtocol("cuhk_sysu", name, rule, gallery, queries)
