@@ -255,13 +255,19 @@ def random_explicit(rng, n_img=30, n_q=12, d=8, dup=True):
     return SearchProtocol("cuhk_sysu", "rand", "explicit", {}, queries), res
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_against_loop_reference_and_chunking(seed):
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, False), (2, True), (3, True)])
+def test_against_loop_reference_and_chunking(seed, ties):
     rng = np.random.default_rng(seed)
     proto, res = random_explicit(rng)
     qf = rng.normal(size=(len(proto.queries), 8)).astype(np.float32)
+    if ties:  # features from 3 directions only: similarities tie exactly, many TPs tie with FPs
+        eye = np.eye(8, dtype=np.float32)
+        qf = eye[rng.integers(0, 3, len(qf))]
+        for r in res.values():
+            r["feats"] = eye[rng.integers(0, 3, len(r["feats"]))]
     gal = validate_results({"gallery": res, "queries": []})["gallery"]
     ref_map, ref_top1 = reference_explicit(proto, gal, qf, 0.3)
+    assert ref_map > 0
     a = evaluate_search(proto, gal, qf, det_thresh=0.3)
     b = evaluate_search(proto, gal, qf, det_thresh=0.3, chunk_bytes=1)  # one query per block
     assert a["mAP"] == pytest.approx(ref_map, abs=1e-6)

@@ -284,6 +284,14 @@ def _true_positives(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarra
     return cand[o][firsts]
 
 
+def _count_at_least(s: np.ndarray, thresholds: np.ndarray, strict: bool) -> np.ndarray:
+    """For ascending ``thresholds`` (T,): #{i: s_i >= t} (or > t when strict) per t, in O(n log T)
+    time and O(n) memory (no (T, n) comparison matrix: T can be large in a full PRW gallery)."""
+    idx = np.searchsorted(thresholds, s, side="left" if strict else "right")  # thresholds below s_i
+    counts = np.bincount(idx, minlength=thresholds.size + 1)
+    return np.cumsum(counts[::-1])[::-1][1:]
+
+
 def _score(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray, ranked: bool = False) -> QueryScore:
     """AP / top-k of one query without sorting its detections: only the (few) true positives are ranked.
 
@@ -298,17 +306,21 @@ def _score(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray, ranked
     ap, first = 0.0, -1
     s = sims_all[g.rows] if (count_tp or ranked) else None
     if count_tp and g.count_gt:
-        st = sims_all[tp_rows]
-        n_ge = (s[None, :] >= st[:, None]).sum(axis=1)
-        tp_ge = (st[None, :] >= st[:, None]).sum(axis=1)
+        order = np.argsort(sims_all[tp_rows], kind="stable")
+        tp_rows = tp_rows[order]
+        st = sims_all[tp_rows]  # ascending
+        n_ge = _count_at_least(s, st, strict=False)
+        n_gt = _count_at_least(s, st, strict=True)
+        tp_ge = st.size - np.searchsorted(st, st, side="left")
         ap = float(np.sum(tp_ge / n_ge)) / g.count_gt
-        n_gt = (s[None, :] > st[:, None]).sum(axis=1)
         n_eq = n_ge - n_gt
-        rank = n_gt.copy()
-        for t in np.flatnonzero(n_eq > 1):  # exact ties only
-            pos = int(np.flatnonzero(g.rows == tp_rows[t])[0])
-            rank[t] += int(np.count_nonzero(s[:pos] == st[t]))
-        first = int(rank.min())
+        # the best-ranked TP is one of the most similar TPs; with exact ties, the earliest of them
+        # in the concatenated list, after the tied detections that precede it
+        first = int(n_gt[-1])
+        if n_eq[-1] > 1:
+            top = tp_rows[st == st[-1]]
+            pos = int(np.flatnonzero(np.isin(g.rows, top))[0])
+            first += int(np.count_nonzero(s[:pos] == st[-1]))
     if ranked:
         order = np.argsort(-s, kind="stable")
         labels = np.isin(g.rows, tp_rows).astype(np.int8)
