@@ -198,11 +198,14 @@ def test_deterministic_bytes_and_tiny_speed(tmp_path, synthps_tiny):
         a, b = _tree_digest(synthps_tiny[fmt]), _tree_digest(roots[fmt])
         a.pop("preview.jpg", None)
         assert a == b, fmt
-    other = generate_synthps(str(tmp_path / "seed1"), "prw", "tiny", 1)
-    assert _tree_digest(other) != _tree_digest(roots["prw"])
-    # regenerating into an existing SynthPS root replaces it (no stale files)
+    # another seed into the existing SynthPS root: different bytes, replaced without stale files
     again = generate_synthps(roots["prw"], "prw", "tiny", 1)
-    assert _tree_digest(again) == _tree_digest(other)
+    digest = _tree_digest(again)
+    assert digest != _tree_digest(synthps_tiny["prw"])
+    names = [s.name for s in load_truth(again).scenes]
+    expected = {"frame_train.mat", "frame_test.mat", "query_info.txt", "synthps_attributes.json", "synthps_meta.json"}
+    expected |= {os.path.join("frames", n) for n in names} | {os.path.join("annotations", n + ".mat") for n in names}
+    assert set(digest) == expected
 
 
 def test_bad_arguments_are_clear(tmp_path):
@@ -279,6 +282,14 @@ def test_round_trip_cuhk_sysu(synthps_tiny):
             assert pq.pid == gmap[q.identity] and pq.image == truth.scenes[q.scene].name
             assert [(n, None if b is None else tuple(b.tolist())) for n, b in pq.gallery] == \
                 [(n, None if b is None else _xyxy(b)) for n, b in glist]
+    assert set(truth.subsets) == {"Occlusion", "Resolution"}  # seed 0 tiny has both
+    for name, (ks, g) in truth.subsets.items():
+        proto = load_cuhk_sysu_protocol(root, subset=name)
+        assert proto.name == name and proto.rule == "explicit"
+        assert [(q.image, q.pid) for q in proto.queries] == \
+            [(truth.scenes[truth.queries[k].scene].name, gmap[truth.queries[k].identity]) for k in ks]
+        assert [[(n, None if b is None else tuple(b.tolist())) for n, b in q.gallery] for q in proto.queries] == \
+            [[(n, None if b is None else _xyxy(b)) for n, b in truth.galleries[g][k]] for k in ks]
     full = load_cuhk_sysu_protocol(root, gallery_size=-1)
     assert full.rule == "all_but_query" and set(full.gallery) == {s.name for s in truth.scenes if s.split == "test"}
 

@@ -75,6 +75,8 @@ class SynthPSTruth:
     queries: List[QueryGT]
     identity_split: List[str]  # per identity: "train" | "test"
     galleries: Dict[int, List[List[Tuple[str, Optional[Tuple[int, int, int, int]]]]]] = field(default_factory=dict)
+    # CUHK-SYSU layout: subset name -> (query indices, gallery size used for their lists)
+    subsets: Dict[str, Tuple[List[int], int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -90,8 +92,9 @@ class SynthPSTruth:
             scenes.append(SceneGT(s["index"], s["split"], s["camera"], s["height"], s["width"], persons, s["name"]))
         galleries = {int(k): [[(n, tuple(b) if b is not None else None) for n, b in g] for g in v]
                      for k, v in d.get("galleries", {}).items()}
+        subsets = {k: (list(v[0]), int(v[1])) for k, v in d.get("subsets", {}).items()}
         return cls(d["fmt"], d["preset"], d["seed"], list(d["attribute_names"]), scenes,
-                   [QueryGT(**q) for q in d["queries"]], list(d["identity_split"]), galleries)
+                   [QueryGT(**q) for q in d["queries"]], list(d["identity_split"]), galleries, subsets)
 
 
 def _assign(rng: np.random.Generator, n_images: int, ids: List[int], cameras: np.ndarray,

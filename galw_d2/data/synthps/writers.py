@@ -13,7 +13,10 @@ CUHK-SYSU (``root/``)::
     annotation/test/train_test/TestG{G}.mat  TestG{G}: 1xQ struct(Query, Gallery);
         Query: 1x1 struct(imname, idlocate, ishard, idname); Gallery: 1xG struct(imname, idlocate, ishard),
         the images containing the query person first, then the others with an EMPTY idlocate (1x0),
-        as in the released files (their loaders stop at the first empty box).
+        as in the released files (their loaders stop at the first empty box). G = every official size
+        <= (test images - 1); when none fits, TestG50 lists all other test images.
+    annotation/test/subset/Occlusion.mat   Occlusion1: struct(Query, Gallery, occlusion)  (when non-empty)
+    annotation/test/subset/Resolution.mat  Test_Size: struct(Query, Gallery)              (when non-empty)
 
 PRW (``root/``)::
 
@@ -159,6 +162,31 @@ def write_cuhk_sysu(root: str, truth: SynthPSTruth, images: List[np.ndarray], rn
     for g in sizes:
         savemat_deterministic(os.path.join(tt, f"TestG{g}.mat"),
                               {f"TestG{g}": _struct(["Query", "Gallery"], query_rows[g])})
+
+    # optional subsets (annotation/test/subset): queries whose person is partly hidden (in the query or
+    # a gallery image) and queries of low resolution, with their 100-image (else largest) gallery lists
+    sub_g = 100 if 100 in sizes else sizes[-1]
+    truth.subsets = {}
+    occluded, low_res = [], []
+    for k, q in enumerate(truth.queries):
+        qp = scenes[q.scene].persons[q.person]
+        pos = [p for _, p in appearances(q.identity, "test")]
+        if qp.occlusion > 0.1 or any(p.occlusion > 0.3 for p in pos):
+            occluded.append(k)
+        if qp.box[3] < 64:
+            low_res.append(k)
+    sub = os.path.join(ann, "test", "subset")
+    for name, fname, key, ks in (("Occlusion", "Occlusion.mat", "Occlusion1", occluded),
+                                 ("Resolution", "Resolution.mat", "Test_Size", low_res)):
+        if not ks:
+            continue
+        truth.subsets[name] = (ks, sub_g)
+        if name == "Occlusion":
+            rows = [query_rows[sub_g][k] + (_num(1),) for k in ks]
+            mdict = {key: _struct(["Query", "Gallery", "occlusion"], rows)}
+        else:
+            mdict = {key: _struct(["Query", "Gallery"], [query_rows[sub_g][k] for k in ks])}
+        savemat_deterministic(os.path.join(sub, fname), mdict)
 
 
 def write_prw(root: str, truth: SynthPSTruth, images: List[np.ndarray], rng: np.random.Generator) -> None:
