@@ -144,6 +144,8 @@ def test_all_but_query_rule():
     assert out["mAP"] == pytest.approx((0.5 / 3 + 0.25) * 2 / 3)
     assert out["top1"] == 0.0 and out["top5"] == 1.0
     assert out["per_query"]["first_tp_rank"][0] == 2
+    tiny = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q, chunk_bytes=1)
+    assert tiny["mAP"] == out["mAP"] and tiny["top1"] == out["top1"]
 
 
 def test_other_cameras_rule():

@@ -94,7 +94,7 @@ def plot_topk_search(protocol, gallery: Mapping[str, Mapping[str, np.ndarray]], 
         r, table = score_query(protocol, gallery, query_feats, qi, det_thresh=det_thresh)
         ax = axes[row, 0]
         ax.imshow(_crop(load(q.image), q.box))
-        ax.set_title(f"query {qi}\nAP {100 * r.ap:.1f}", fontsize=8)
+        ax.set_title(f"query {qi}\nAP {100 * r.ap:.1f}%", fontsize=8)
         for j in range(k):
             ax = axes[row, j + 1]
             ax.set_xticks([])
