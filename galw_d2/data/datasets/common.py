@@ -87,10 +87,6 @@ def load_mat(path: str, keys: Sequence[str], layout: str = "") -> Dict[str, Any]
     )
 
 
-def _is_struct(x) -> bool:
-    return isinstance(x, np.ndarray) and x.dtype.names is not None or isinstance(x, np.void) and x.dtype.names
-
-
 def mat_structs(value, where: str) -> List[Dict[str, Any]]:
     """Flatten a MATLAB struct array, a cell array of structs, or nestings of both, into a list of dicts.
 
