@@ -1,112 +1,70 @@
 #!/usr/bin/env python
-"""The main job (smoke stage): train a stock detectron2 model from galw_d2's config on a tiny generated
-dataset for a few iterations and print every iteration's losses.
+"""The main job: GALW person search on SynthPS, end to end, on a CPU (what ``make demo`` runs).
 
-    python tools/demo.py [--iters 10] [--config-file configs/stock/faster_rcnn_R18_FPN_tiny.yaml]
+    python tools/demo.py                      # full demo: SynthPS small, ~20 min on 2 CPU cores
+    python tools/demo.py --quick              # a few iterations on SynthPS tiny (the CI test), ~1 min
+    python tools/demo.py --dataset synthps_prw --output output/demo_prw --seed 1
 
-Exits non-zero if any loss is not finite. Later stages replace the toy data with SynthPS and the
-stock model with the GALW person-search pipeline.
+Generates SynthPS, scores the randomly initialised ROI-AlignPS* tiny model, trains phase 1 (ungrouped
+RULWF) recording the tasks' gradient trends, groups the tasks, trains phase 2 with GALW from the same
+initial weights, evaluates with the standard person-search protocol and prints the table. Everything
+lands in ``--output``: configs, checkpoints, trends + Fig. 3 curves + dendrogram, metrics.json,
+gallery-size curve, top-k figure and report.md (see galw_d2/pipeline.py for the layout).
+
+Exits non-zero when the trained model does not beat its random initial weights on search mAP.
+``--iters N`` (with no other pipeline flag) runs the stack smoke test instead (tools/smoke_stock.py:
+stock Faster R-CNN, N iterations on toy images, every iteration's losses printed).
 """
 import argparse
-import math
 import os
 import sys
-import time
-
-import numpy as np
-import torch
-
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
-from detectron2.engine import SimpleTrainer
-from detectron2.modeling import build_model
-from detectron2.solver import build_optimizer
-from detectron2.structures import BoxMode
-from detectron2.utils.events import EventStorage
-
-from galw_d2 import add_galw_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
-def make_toy_images(out_dir: str, num_images: int = 8, size=(192, 256), seed: int = 0):
-    """Write ``num_images`` scenes of 1-3 upright coloured 'people' (head + body) on textured noise.
+def parse_args(argv=None):
+    from galw_d2.pipeline import DEFAULT_CONFIG
 
-    Returns detectron2 dataset dicts with XYXY_ABS person boxes.
-    """
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    h, w = size
-    os.makedirs(out_dir, exist_ok=True)
-    records = []
-    for i in range(num_images):
-        img = (rng.normal(110, 25, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        img = cv2.GaussianBlur(img, (5, 5), 0)
-        annos = []
-        for _ in range(rng.integers(1, 4)):
-            ph = int(rng.integers(48, 120))
-            pw = max(12, int(ph * rng.uniform(0.3, 0.45)))
-            x0 = int(rng.integers(0, w - pw))
-            y0 = int(rng.integers(0, h - ph))
-            head = ph // 6
-            body_col = tuple(int(c) for c in rng.integers(0, 255, 3))
-            legs_col = tuple(int(c) for c in rng.integers(0, 255, 3))
-            cv2.circle(img, (x0 + pw // 2, y0 + head // 2 + 1), max(3, head // 2), (150, 180, 220), -1)
-            cv2.rectangle(img, (x0, y0 + head), (x0 + pw, y0 + ph // 2 + head // 2), body_col, -1)
-            cv2.rectangle(img, (x0 + pw // 8, y0 + ph // 2 + head // 2), (x0 + pw - pw // 8, y0 + ph), legs_col, -1)
-            annos.append({"bbox": [x0, y0, x0 + pw, y0 + ph], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0})
-        path = os.path.join(out_dir, f"toy_{i:03d}.jpg")
-        cv2.imwrite(path, img)
-        records.append({"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annos})
-    return records
+    p = argparse.ArgumentParser(description="GALW person-search demo on SynthPS (see the README).")
+    p.add_argument("--dataset", default="synthps_cuhk_sysu",
+                   help="synthps_cuhk_sysu (default), synthps_prw, or a registered real prefix (cuhk_sysu, prw)")
+    p.add_argument("--config-file", default=DEFAULT_CONFIG, help="model config (default: ROI-AlignPS* R18 tiny)")
+    p.add_argument("--output", default=os.path.join(ROOT, "output", "demo"), help="output folder (default output/demo/)")
+    p.add_argument("--quick", action="store_true", help="tiny preset and a few iterations (the CI smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of SynthPS, the initial weights and the data order")
+    p.add_argument("--num-groups", type=int, default=4, help="task groups G (paper: 4)")
+    p.add_argument("--data-dir", default=None, help="where SynthPS is generated (default $DETECTRON2_DATASETS or datasets/)")
+    p.add_argument("--phase1-iters", type=int, default=None, help="override the preset's phase-1 iterations")
+    p.add_argument("--phase2-iters", type=int, default=None, help="override the preset's phase-2 iterations")
+    p.add_argument("--eval-phase1", dest="eval_phase1", action="store_true", default=None,
+                   help="also score the phase-1 model (default in the full demo)")
+    p.add_argument("--no-eval-phase1", dest="eval_phase1", action="store_false",
+                   help="skip scoring the phase-1 model (saves one test pass; default with --quick)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides applied to both phases")
+    return p.parse_args(argv)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs/stock/faster_rcnn_R18_FPN_tiny.yaml"))
-    parser.add_argument("--iters", type=int, default=10, help="training iterations (default 10)")
-    parser.add_argument("--output", default=os.path.join(ROOT, "output/demo_stock"), help="where the toy images go")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--iters" in argv:  # the stack smoke mode (kept for the skeleton's test and quick checks)
+        sys.path.insert(0, os.path.join(ROOT, "tools"))
+        import smoke_stock
 
-    torch.manual_seed(args.seed)
-    cfg = add_galw_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu" else "cpu"
-    name = "galw_demo_toy_train"
-    records = make_toy_images(os.path.join(args.output, "images"), seed=args.seed)
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: records)
-    MetadataCatalog.get(name).set(thing_classes=["person"])
-    cfg.DATASETS.TRAIN = (name,)
-    cfg.freeze()
+        return smoke_stock.main(argv)
+    args = parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from galw_d2.pipeline import PipelineSettings, run_pipeline
 
-    model = build_model(cfg)
-    print(f"[demo] {cfg.MODEL.META_ARCHITECTURE} from {os.path.relpath(args.config_file, ROOT)}: "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {cfg.MODEL.DEVICE}")
-    optimizer = build_optimizer(cfg, model)
-    trainer = SimpleTrainer(model, build_detection_train_loader(cfg), optimizer)
-    bad = 0
-    with EventStorage(0) as storage:
-        trainer.storage = storage
-        for it in range(args.iters):
-            storage.iter = it
-            trainer.iter = it
-            t0 = time.perf_counter()
-            trainer.run_step()
-            dt = time.perf_counter() - t0
-            losses = {k: v.median(1) for k, v in storage.histories().items() if k.startswith("loss") or k == "total_loss"}
-            finite = all(math.isfinite(v) for v in losses.values())
-            bad += not finite
-            print(f"[demo] iter {it + 1:3d}/{args.iters}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()))
-                  + f"  ({dt:.2f} s)" + ("" if finite else "  NON-FINITE"))
-            sys.stdout.flush()
-    if bad:
-        print(f"[demo] {bad} iteration(s) had non-finite losses", file=sys.stderr)
+    settings = PipelineSettings(
+        dataset=args.dataset, config_file=os.path.abspath(args.config_file), output=args.output, quick=args.quick,
+        seed=args.seed, num_groups=args.num_groups, data_dir=args.data_dir, phase1_iters=args.phase1_iters,
+        phase2_iters=args.phase2_iters, eval_phase1=args.eval_phase1, opts=list(args.opts),
+    )
+    m = run_pipeline(settings)
+    if not args.quick and m["search"].get("mAP", 0.0) <= m["random_init"].get("mAP", 0.0):
+        print("[demo] FAILED: the trained model does not beat its random initial weights", file=sys.stderr)
         return 1
-    print(f"[demo] done: {args.iters} iterations, all losses finite")
     return 0
 
 

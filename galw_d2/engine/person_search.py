@@ -26,12 +26,9 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
 
 try:  # the GALW trainer (weighting, gradient probes, apply_pending_updates after each step)
-    from galw_d2.engine.galw_trainer import GALWTrainer as _BaseTrainer  # noqa: F401
-except ImportError:  # pragma: no cover - module name differs / not there: use the package export
-    try:
-        from galw_d2.engine import GALWTrainer as _BaseTrainer
-    except ImportError:
-        _BaseTrainer = DefaultTrainer
+    from galw_d2.engine.trainer import GALWTrainer as _BaseTrainer
+except ImportError:  # pragma: no cover - a checkout without the GALW part: plain detectron2 training
+    _BaseTrainer = DefaultTrainer
 
 __all__ = ["PersonSearchTrainer", "ProgressBar", "BASE_TRAINER"]
 
@@ -107,17 +104,19 @@ class PersonSearchTrainer(_BaseTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=PersonSearchDatasetMapper(cfg, is_train=False))
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, **kwargs):
         """:class:`PersonSearchEvaluator` for ``dataset_name`` (a ``<prefix>_test`` dataset).
 
         The saved-results file (``search_results.pth``) goes to ``output_folder`` (default
-        ``cfg.OUTPUT_DIR/inference/<dataset_name>``) so ``tools/evaluate_search.py`` can re-score it.
+        ``cfg.OUTPUT_DIR/inference/<dataset_name>``) so ``tools/evaluate_search.py`` can re-score it;
+        it is written when ``cfg.TEST.PERSON_SEARCH.SAVE_RESULTS`` or ``save_results=True``. Other
+        ``kwargs`` (``det_thresh``, ``gallery_size``, ...) go to the evaluator.
         """
         from galw_d2.evaluation import PersonSearchEvaluator
 
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_person_search_evaluator(PersonSearchEvaluator, cfg, dataset_name, output_folder)
+        return build_person_search_evaluator(PersonSearchEvaluator, cfg, dataset_name, output_folder, **kwargs)
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -142,7 +141,7 @@ class PersonSearchTrainer(_BaseTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
 
-def build_person_search_evaluator(evaluator_cls, cfg, dataset_name, output_folder):
+def build_person_search_evaluator(evaluator_cls, cfg, dataset_name, output_folder, **extra):
     """Construct ``evaluator_cls`` from ``cfg``, passing only the arguments its signature accepts.
 
     The evaluator reads its own settings (``cfg.TEST.PERSON_SEARCH.*``); the common ones are handed
@@ -159,4 +158,5 @@ def build_person_search_evaluator(evaluator_cls, cfg, dataset_name, output_folde
             kwargs[key] = output_folder
     if "distributed" in params:
         kwargs["distributed"] = comm.get_world_size() > 1
+    kwargs.update(extra)
     return evaluator_cls(dataset_name, **kwargs)
