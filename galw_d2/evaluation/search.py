@@ -116,6 +116,13 @@ def _l2n(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(n, 1e-12)).astype(np.float32, copy=False)
 
 
+class _Index(dict):
+    """name -> image id; -1 for a name never seen (an image with no detections and no GT record)."""
+
+    def __missing__(self, key):
+        return -1
+
+
 @dataclass
 class DetectionTable:
     """All gallery detections above the score threshold, concatenated image by image.
@@ -142,7 +149,7 @@ class DetectionTable:
         name that may be looked up (protocol gallery + explicit lists), images absent from ``gallery``
         get no detections; dim = feature size D."""
         names = list(dict.fromkeys(list(names) + list(gallery)))
-        index = {n: i for i, n in enumerate(names)}
+        index = _Index((n, i) for i, n in enumerate(names))
         boxes, scores, feats, counts = [], [], [], np.zeros(len(names), dtype=np.int64)
         for i, n in enumerate(names):
             r = gallery.get(n)
@@ -218,7 +225,9 @@ class _GalleryPlanner:
         if self.p.rule == "explicit":
             names = list(map(itemgetter(0), q.gallery))
             boxes = list(map(itemgetter(1), q.gallery))
-            ids_all = np.fromiter(map(t.index.__getitem__, names), dtype=np.int64, count=len(names))
+            if not names:
+                return _QueryGallery(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), 0)
+            ids_all = np.array(itemgetter(*names)(t.index), dtype=np.int64).reshape(-1)
             # a duplicated image is scored once, with its first entry's box; every entry with a box counts
             _, first_idx = np.unique(ids_all, return_index=True)
             first_idx.sort()
@@ -228,8 +237,8 @@ class _GalleryPlanner:
             count_gt = len(listed)
             is_first = np.zeros(len(names), dtype=bool)
             is_first[first_idx] = True
-            gt = [(int(ids_all[i]), boxes[i]) for i in listed if is_first[i]]
-            rows = t.rows_of(ids)
+            gt = [(int(ids_all[i]), boxes[i]) for i in listed if is_first[i] and ids_all[i] >= 0]
+            rows = t.rows_of(ids[ids >= 0])  # unknown names (-1) have no detections
         else:
             qid = t.index.get(q.image, -1)
             keep = self.row_image != qid
@@ -367,11 +376,9 @@ def evaluate_search(
         "num_queries_without_gt": int}``, fractions in [0, 1].
     """
     dim = _feature_dim(gallery, query_feats)
-    names = dict.fromkeys(protocol.gallery)
-    if protocol.rule == "explicit":
-        for q in protocol.queries:
-            names.update(dict.fromkeys(map(itemgetter(0), q.gallery)))
-    table = DetectionTable.build(gallery, list(names), det_thresh, dim)
+    # gallery images by name: the protocol's and any with results; a name listed in an explicit
+    # gallery but in neither has no detections (id -1)
+    table = DetectionTable.build(gallery, list(protocol.gallery), det_thresh, dim)
     qf = _check_query_feats(query_feats, len(protocol.queries), dim)
     planner = _GalleryPlanner(protocol, table)
     nq = len(protocol.queries)
@@ -413,10 +420,9 @@ def score_query(
 ) -> Tuple[QueryScore, DetectionTable]:
     """Score one query and return its ranked list (for inspection and the top-k figure)."""
     dim = _feature_dim(gallery, query_feats)
-    names = list(protocol.gallery)
-    if protocol.rule == "explicit":
-        names.extend(n for n, _ in protocol.queries[query_index].gallery)
-    table = DetectionTable.build(gallery, list(dict.fromkeys(names)), det_thresh, dim)
+    # gallery images by name: the protocol's and any with results; a name listed in an explicit
+    # gallery but in neither has no detections (id -1)
+    table = DetectionTable.build(gallery, list(protocol.gallery), det_thresh, dim)
     qf = np.asarray(query_feats, dtype=np.float32)
     q = _check_query_feats(qf[query_index:query_index + 1], 1, dim)
     planner = _GalleryPlanner(protocol, table)
