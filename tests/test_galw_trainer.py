@@ -166,3 +166,22 @@ def test_two_process_gloo_sigma_and_trends_synchronised(tmp_path):
     assert r0["trends"] == r1["trends"] and r0["trends"]["settings"]["world_size"] == 2
     assert r0["trends"]["probe_counts"]["loss_a"] == [2, 1]  # probes at 0, 2 | 4 (6 iterations)
     assert json.loads((tmp_path / "out" / "gradient_trends.json").read_text())["tasks"] == r0["trends"]["tasks"]
+
+
+def test_two_phase_workflow_api(tmp_path):
+    from galw_d2.galw.workflow import make_groups, phase2_cfg, run_phase1
+
+    cfg = toy_cfg(tmp_path / "p1", three=True, record=False, max_iter=8)
+    cfg.GALW.RECORD.EPOCH_ITERS = 2
+    torch.manual_seed(0)
+    trends = run_phase1(cfg, trainer_cls=ToyTrainer)
+    assert trends == str(tmp_path / "p1" / "gradient_trends.json") and os.path.exists(trends)
+    res = make_groups(trends, 2, str(tmp_path / "groups"), plots=False)  # plots: test_galw_grouping
+    assert sorted(t for g in res["groups"] for t in g) == ["loss_a", "loss_b", "loss_c"]
+    assert os.path.exists(res["paths"]["groups"]) and os.path.exists(res["paths"]["config"])
+    cfg2 = phase2_cfg(cfg, res["groups"], output_dir=str(tmp_path / "p2"))
+    assert cfg2.GALW.STRATEGY == "galw" and not cfg2.GALW.RECORD.ENABLED
+    t2 = _train(cfg2)
+    w = unwrap_galw(t2.model).weighting
+    assert w.groups == res["groups"] and w.log_sigma.numel() == len(res["groups"])
+    assert t2.recorder is None

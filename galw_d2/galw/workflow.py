@@ -32,9 +32,11 @@ def phase2_yaml(groups: Sequence[Sequence[str]], source: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_grouping(result: dict, trends: dict, output_dir: str, source: str = "") -> dict:
-    """Write groups.json, galw_phase2.yaml, gradient_trends.png and dendrogram.png; return their paths."""
-    from .plots import plot_dendrogram, plot_trends
+def write_grouping(result: dict, trends: dict, output_dir: str, source: str = "", plots: bool = True) -> dict:
+    """Write groups.json, galw_phase2.yaml, gradient_trends.png and dendrogram.png; return their paths.
+
+    ``plots=False`` skips the two PNGs (their paths are then None).
+    """
 
     os.makedirs(output_dir, exist_ok=True)
     paths = {"groups": os.path.join(output_dir, "groups.json"),
@@ -47,6 +49,11 @@ def write_grouping(result: dict, trends: dict, output_dir: str, source: str = ""
         json.dump(res, f, indent=1)
     with open(paths["config"], "w") as f:
         f.write(phase2_yaml(result["groups"], source))
+    if not plots:
+        paths["trends_plot"] = paths["dendrogram"] = None
+        return paths
+    from .plots import plot_dendrogram, plot_trends
+
     plot_trends(trends, paths["trends_plot"], result["groups"])
     if plot_dendrogram(result["transformed"], paths["dendrogram"], result["settings"]["linkage"]) is None:
         paths["dendrogram"] = None
@@ -55,12 +62,12 @@ def write_grouping(result: dict, trends: dict, output_dir: str, source: str = ""
 
 def make_groups(trends_path: str, num_groups: int, output_dir: str, strategy: str = "slope",
                 slope: str = "mean_diff", log_base: float = 10.0, linkage: str = "average", seed: int = 0,
-                manual: Optional[str] = None) -> dict:
+                manual: Optional[str] = None, plots: bool = True) -> dict:
     """Group from a trends file and write every output; returns the groups.json dict plus ``paths``."""
     trends = load_trends(trends_path)
     res = group_tasks(trends, num_groups, strategy=strategy, slope=slope, log_base=log_base, linkage=linkage,
                       seed=seed, manual=manual)
-    res["paths"] = write_grouping(res, trends, output_dir, source=trends_path)
+    res["paths"] = write_grouping(res, trends, output_dir, source=trends_path, plots=plots)
     return res
 
 
