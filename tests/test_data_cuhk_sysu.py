@@ -267,3 +267,13 @@ def test_registration_is_lazy_and_dispatches(tmp_path, cache, monkeypatch):
         MetadataCatalog.get("t_syn_train").num_train_pids
     with pytest.raises(DatasetNotFoundError, match="make_synthps.py"):
         DatasetCatalog.get("t_syn_query")
+
+
+def test_box_claimed_twice_keeps_first_with_warning(tmp_path, cache, caplog):
+    train = [("p1", [("s1.jpg", [10, 20, 30, 60])]), ("p2", [("s1.jpg", [10, 20, 30, 60]), ("s2.jpg", [0, 0, 40, 80])])]
+    root = make_cuhk(str(tmp_path / "c"), train=train)
+    with caplog.at_level(logging.WARNING):
+        recs = load_cuhk_sysu(root, "train")
+    assert "1 box(es) claimed by two identities" in caplog.text and "identity 2 (p2)" in caplog.text
+    assert [a["person_id"] for a in recs[0]["annotations"]] == [0, -1]
+    assert [a["person_id"] for a in recs[1]["annotations"]] == [1, -1]

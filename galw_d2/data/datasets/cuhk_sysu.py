@@ -272,9 +272,9 @@ def _label(name, box, pid, boxes, pids, dropped, where, counters):
             f"Images.mat {boxes[name].tolist()}"
         )
     if pids[name][j] not in (-1, pid):
-        raise DatasetFormatError(
-            f"{where}: box {box.tolist()} of image {name} already belongs to identity {pids[name][j]}"
-        )
+        # the reference loaders silently overwrite; keep the first identity and report it
+        counters["conflicts"].append(f"{where}: box {box.tolist()} of image {name} already belongs to identity {pids[name][j]}")
+        return
     pids[name][j] = pid
 
 
@@ -287,7 +287,7 @@ def _build_index(root):
         raise DatasetFormatError(f"{_ann(root, 'pool.mat')}: {len(unknown)} image(s) not in Images.mat, e.g. {unknown[:3]}")
     pool_set = set(pool)
     train_names = [n for n in names if n not in pool_set]
-    counters = {"dropped_labeled": 0}
+    counters = {"dropped_labeled": 0, "conflicts": []}
     train_pids = {n: np.full(len(boxes[n]), -1, dtype=np.int64) for n in train_names}
     train_file = _ann(root, "test", "train_test", "Train.mat")
     identities = _parse_train(root)
@@ -362,6 +362,7 @@ def _build_index(root):
         "num_train_pids": len(identities),
         "num_dropped": n_dropped,
         "num_dropped_labeled": counters["dropped_labeled"],
+        "conflicts": counters["conflicts"],
         "base_gallery_size": base,
     }
 
@@ -377,6 +378,9 @@ def _index(root):
             "CUHK-SYSU %s: dropped %d box(es) with non-positive width or height (%d of them labeled)",
             root, index["num_dropped"], index["num_dropped_labeled"],
         )
+    if index["conflicts"]:
+        logger.warning("CUHK-SYSU %s: %d box(es) claimed by two identities (the first one kept), e.g. %s",
+                       root, len(index["conflicts"]), index["conflicts"][0])
     return index
 
 
