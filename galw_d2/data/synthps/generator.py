@@ -104,19 +104,25 @@ def _assign(rng: np.random.Generator, n_images: int, ids: List[int], cameras: np
     caps = rng.integers(cap_range[0], cap_range[1] + 1, size=n_images)
     if caps.sum() < 2 * len(ids):
         raise ValueError(f"SynthPS preset too small: {n_images} images cannot hold 2 instances of {len(ids)} ids")
-    per_id = max(2, int(caps.sum()) // len(ids))
+    per_id = max(2, -(-int(caps.sum()) // len(ids)))  # ceil: fill every image up to its capacity
     content: List[List[int]] = [[] for _ in range(n_images)]
-    used_cams = {i: set() for i in ids}
+    counts = np.zeros(n_images, dtype=np.int64)
+    present = {i: np.zeros(n_images, dtype=bool) for i in ids}
+    used_cam = {i: np.zeros(n_images, dtype=bool) for i in ids}  # image's camera already seen by id
     for _ in range(per_id):
         for i in rng.permutation(ids):
             i = int(i)
-            free = [j for j in range(n_images) if len(content[j]) < caps[j] and i not in content[j]]
-            if not free:
+            free = (counts < caps) & ~present[i]
+            if not free.any():
                 continue
-            keys = [(cameras[j] in used_cams[i], len(content[j]) - caps[j], rng.random()) for j in free]
-            j = free[min(range(len(free)), key=lambda k: keys[k])]
+            # prefer a camera the id was not seen by, then the emptiest image, then at random
+            key = used_cam[i] * 100.0 + (counts - caps) * 2.0 + rng.random(n_images)
+            key[~free] = np.inf
+            j = int(np.argmin(key))
             content[j].append(i)
-            used_cams[i].add(cameras[j])
+            counts[j] += 1
+            present[i][j] = True
+            used_cam[i] |= cameras == cameras[j]
     for i in ids:
         n = sum(i in c for c in content)
         if n < 2:  # cannot happen with caps.sum() >= 2 * ids, kept as a guard

@@ -121,10 +121,11 @@ def draw_person(app: Appearance, height: int, rng: np.random.Generator,
     tmask = np.zeros_like(mask)
     tpts = np.array([P(*p) for p in torso], dtype=np.int32)
     cv2.fillPoly(tmask, [tpts], 255, _AA, shift=2)
-    ys, xs = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
     period = max(2, int(round(0.045 * H)))
+    ys = np.arange(mask.shape[0])[:, None]
+    xs = np.arange(mask.shape[1])[None, :]
     if app.upper_pattern == "stripes":
-        second = ((ys - int(shoulder_y)) // period) % 2 == 1
+        second = np.broadcast_to(((ys - int(shoulder_y)) // period) % 2 == 1, mask.shape)
     elif app.upper_pattern == "checks":
         second = (((ys - int(shoulder_y)) // period + (xs - int(cx)) // period) % 2) == 1
     else:
@@ -304,14 +305,19 @@ def draw_occluder(img: np.ndarray, box: Tuple[int, int, int, int], rng: np.rando
 
 def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray:
     """Colour cast, contrast/brightness (with a little per-frame jitter), blur and sensor noise."""
+    gains = (np.asarray(cam.gains, np.float32) * (1 + rng.normal(0, 0.02, 3))).astype(np.float32)
+    offset = np.float32(128.0 * (1 - cam.contrast) + cam.brightness + rng.normal(0, 4))
     f = img.astype(np.float32)
-    gains = np.asarray(cam.gains, np.float32) * (1 + rng.normal(0, 0.02, 3)).astype(np.float32)
-    f = (f - 128.0) * cam.contrast + 128.0 + cam.brightness + rng.normal(0, 4)
-    f = f * gains
+    f *= np.float32(cam.contrast)
+    f += offset
+    f *= gains
     if cam.blur > 0:
         f = cv2.GaussianBlur(f, (0, 0), cam.blur)
-    f += rng.normal(0, cam.noise, size=f.shape).astype(np.float32)
-    return np.clip(f, 0, 255).astype(np.uint8)
+    noise = rng.standard_normal(f.shape, dtype=np.float32)
+    noise *= np.float32(cam.noise)
+    f += noise
+    np.clip(f, 0, 255, out=f)
+    return f.astype(np.uint8)
 
 
 def box_iou(a, b) -> float:

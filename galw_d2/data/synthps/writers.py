@@ -16,7 +16,7 @@ CUHK-SYSU (``root/``)::
         as in the released files (their loaders stop at the first empty box). G = every official size
         <= (test images - 1); when none fits, TestG50 lists all other test images.
     annotation/test/subset/Occlusion.mat   Occlusion1: struct(Query, Gallery, occlusion)  (when non-empty)
-    annotation/test/subset/Resolution.mat  Test_Size: struct(Query, Gallery)              (when non-empty)
+    annotation/test/subset/Resolution.mat  Test_Size: struct(Query, Gallery)  (the 1/4 smallest query boxes)
 
 PRW (``root/``)::
 
@@ -167,14 +167,16 @@ def write_cuhk_sysu(root: str, truth: SynthPSTruth, images: List[np.ndarray], rn
     # a gallery image) and queries of low resolution, with their 100-image (else largest) gallery lists
     sub_g = 100 if 100 in sizes else sizes[-1]
     truth.subsets = {}
-    occluded, low_res = [], []
+    occluded = []
     for k, q in enumerate(truth.queries):
         qp = scenes[q.scene].persons[q.person]
         pos = [p for _, p in appearances(q.identity, "test")]
         if qp.occlusion > 0.1 or any(p.occlusion > 0.3 for p in pos):
             occluded.append(k)
-        if qp.box[3] < 64:
-            low_res.append(k)
+    # low resolution: the quarter of the queries with the smallest boxes (at least one), file order
+    by_height = sorted(range(len(truth.queries)),
+                       key=lambda k: (scenes[truth.queries[k].scene].persons[truth.queries[k].person].box[3], k))
+    low_res = sorted(by_height[:max(1, len(by_height) // 4)])
     sub = os.path.join(ann, "test", "subset")
     for name, fname, key, ks in (("Occlusion", "Occlusion.mat", "Occlusion1", occluded),
                                  ("Resolution", "Resolution.mat", "Test_Size", low_res)):
