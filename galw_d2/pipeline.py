@@ -178,6 +178,10 @@ def build_cfg(settings: PipelineSettings, data: Dict, phase: int, output_dir: st
     cfg.SOLVER.STEPS = tuple(s for s in (int(iters * 2 / 3), int(iters * 11 / 12)) if 0 < s < iters)
     cfg.SOLVER.CHECKPOINT_PERIOD = iters + 1  # only model_final.pth (no duplicate of the last iteration)
     cfg.TEST.EVAL_PERIOD = 0
+    # Detections come from the AlignPS branch (SPEC §1): score them with AlignPS's published
+    # thresholds (0.2 CUHK-SYSU, 0.15 PRW) unless the config or --opts set one explicitly. Reported.
+    if float(cfg.TEST.PERSON_SEARCH.DET_THRESH) == 0.5 and cfg.MODEL.META_ARCHITECTURE in ("ROIAlignPS", "AlignPS"):
+        cfg.TEST.PERSON_SEARCH.DET_THRESH = 0.2 if data.get("fmt") == "cuhk_sysu" else 0.15
     sizes = available_gallery_sizes(data)
     if sizes and int(cfg.TEST.PERSON_SEARCH.GALLERY_SIZE) not in sizes + [-1]:
         # SynthPS writes the official sizes that fit its test split (tiny: TestG50 only)
@@ -413,26 +417,17 @@ def find_trends_file(cfg, trainer) -> str:
 
 
 def group_tasks(trends_file: str, num_groups: int, output_dir: str, strategy: str = "slope", seed: int = 0) -> Dict:
-    """Algorithm 1 lines 7-13 with the GALW part's grouping: slopes (Eq. 7), transform (Eq. 8),
-    hierarchical clustering. Writes ``output_dir/{trends.json, groups.json, gradient_trends.png,
-    dendrogram.png}``; returns groups.json's content."""
+    """Algorithm 1 lines 7-13 with the GALW part's workflow: slopes (Eq. 7), transform (Eq. 8),
+    hierarchical clustering. Writes ``output_dir/{trends.json, groups.json, galw_phase2.yaml,
+    gradient_trends.png, dendrogram.png}``; returns groups.json's content."""
     import shutil
 
-    from galw_d2.galw import grouping as G
-    from galw_d2.galw.plots import plot_dendrogram, plot_trends
+    from galw_d2.galw.workflow import make_groups
 
     os.makedirs(output_dir, exist_ok=True)
-    trends = G.load_trends(trends_file)
     shutil.copyfile(trends_file, os.path.join(output_dir, "trends.json"))
-    res = G.group_tasks(trends, num_groups, strategy=strategy, seed=seed)
-    with open(os.path.join(output_dir, "groups.json"), "w") as f:
-        json.dump(res, f, indent=2)
-    plot_trends(trends, os.path.join(output_dir, "gradient_trends.png"), groups=res["groups"])
-    if res.get("transformed"):
-        plot_dendrogram(res["transformed"], os.path.join(output_dir, "dendrogram.png"),
-                        linkage=res["settings"].get("linkage", "average"))
-    notes = res.get("report", {}).get("notes") or []
-    for n in notes:
+    res = make_groups(trends_file, num_groups, output_dir, strategy=strategy, seed=seed)
+    for n in res.get("report", {}).get("notes") or []:
         print(f"[demo]   grouping note: {n}", flush=True)
     return res
 
