@@ -10,6 +10,7 @@ from scipy.io import savemat
 
 from galw_d2.data import get_search_protocol, load_cuhk_sysu, load_cuhk_sysu_protocol, register_cuhk_sysu, register_synthps
 from galw_d2.data.datasets import DatasetFormatError, DatasetNotFoundError
+from galw_d2.data.datasets import common
 from galw_d2.data.datasets import cuhk_sysu as cuhk_mod
 
 # image -> (width, height, [boxes x, y, w, h])
@@ -208,7 +209,9 @@ def test_cache_hit_invalidation_and_unwritable(tmp_path, cache, monkeypatch):
     assert any(f.startswith("cuhk_sysu_index_") for f in os.listdir(cache))
     real = cuhk_mod._build_index
     monkeypatch.setattr(cuhk_mod, "_build_index", lambda r: pytest.fail("cache miss"))
-    assert load_cuhk_sysu(root, "train") == first
+    assert load_cuhk_sysu(root, "train") == first  # in-process memo
+    common._MEMO.clear()
+    assert load_cuhk_sysu(root, "train") == first  # disk cache
     # a changed annotation file (new mtime / size) invalidates the entry
     make_cuhk(root, train=[("p1", [("s1.jpg", [10, 20, 30, 60])])])
     os.utime(os.path.join(root, "annotation", "test", "train_test", "Train.mat"), ns=(1, 1))

@@ -11,6 +11,7 @@ from scipy.io import savemat
 
 from galw_d2.data import get_search_protocol, load_prw, load_prw_protocol, register_prw, register_synthps
 from galw_d2.data.datasets import DatasetFormatError, DatasetNotFoundError
+from galw_d2.data.datasets import common
 from galw_d2.data.datasets import prw as prw_mod
 
 # frame -> (annotation key, rows [id, x, y, w, h])
@@ -131,7 +132,8 @@ def test_cache_and_attributes(tmp_path, cache, monkeypatch):
     root = make_prw(str(tmp_path / "prw"))
     first = load_prw(root, "gallery")
     monkeypatch.setattr(prw_mod, "_build_index", lambda r: pytest.fail("cache miss"))
-    assert load_prw(root, "gallery") == first
+    common._MEMO.clear()
+    assert load_prw(root, "gallery") == first  # from the disk cache
     # rewriting one annotation file invalidates the cache (directory digest of mtimes / sizes)
     changed = os.path.join(root, "annotations", "c2s2_000030.jpg.mat")
     savemat(changed, {"box_new": np.array([[201.0, 12, 8, 30, 50]])})

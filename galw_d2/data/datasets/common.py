@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -220,15 +221,33 @@ def _file_key(paths: Iterable[str]) -> List:
     return key
 
 
+_MEMO: "OrderedDict[tuple, Any]" = OrderedDict()  # last few parsed values of this process (never mutated)
+_MEMO_SIZE = 4
+
+
 def cached_parse(tag: str, files: Iterable[str], fn: Callable[[], Any], extra: Any = None) -> Any:
     """Return ``fn()``, cached on disk under :func:`cache_dir` keyed by the files' paths, mtimes, sizes.
 
-    A missing, unreadable or unwritable cache never fails the load: it falls back to parsing.
+    The last few values are also kept in memory (a dataset's splits share one parse). Callers must not
+    mutate the returned value. A missing, unreadable or unwritable cache never fails the load: it
+    falls back to parsing.
     """
     d = cache_dir()
+    key = json.dumps([_CACHE_VERSION, tag, _file_key(files), extra], sort_keys=True, default=str)
+    memo_key = (d, key)
+    if memo_key in _MEMO:
+        _MEMO.move_to_end(memo_key)
+        return _MEMO[memo_key]
+    value = _disk_cached(d, tag, key, fn)
+    _MEMO[memo_key] = value
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return value
+
+
+def _disk_cached(d: Optional[str], tag: str, key: str, fn: Callable[[], Any]) -> Any:
     if d is None:
         return fn()
-    key = json.dumps([_CACHE_VERSION, tag, _file_key(files), extra], sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:20]
     path = os.path.join(d, f"{tag}_{digest}.pkl")
     if os.path.isfile(path):
