@@ -384,7 +384,10 @@ def _unwrap(model):
 
 
 def _same_weights(a: Dict, b: Dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    """Same model weights, leaving out the loss-weighting state (one sigma per task vs per group)."""
+    ka = [k for k in a if not k.startswith("galw_weighting.")]
+    kb = [k for k in b if not k.startswith("galw_weighting.")]
+    return ka == kb and all(torch.equal(a[k], b[k]) for k in ka)
 
 
 def _short(name: str) -> str:

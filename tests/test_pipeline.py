@@ -1,0 +1,108 @@
+"""The end-to-end GALW pipeline in quick mode (what `make demo` runs, a few iterations on SynthPS tiny).
+
+One run (module fixture) through tools/demo.py's main(); the tests check what it wrote: configs that
+re-load and say what each phase did, checkpoints that load, the trends file and the groups it led
+to, metrics.json's contract, the figures and the report. Learning itself is the full demo's job
+(measured in the README); here the numbers only need to be well-formed and consistent.
+"""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    import demo
+
+    out = tmp_path_factory.mktemp("demo")
+    data = tmp_path_factory.mktemp("demo_data")
+    rc = demo.main(["--quick", "--output", str(out), "--data-dir", str(data), "--seed", "0"])
+    assert rc == 0
+    return out
+
+
+def test_metrics_contract(demo_out):
+    m = json.loads((demo_out / "metrics.json").read_text())
+    for key in ("search", "random_init"):
+        assert set(m[key]) >= {"mAP", "top1"}, key
+        assert all(0.0 <= m[key][k] <= 1.0 for k in ("mAP", "top1", "top5", "top10"))
+        assert m[key]["top1"] <= m[key]["top5"] <= m[key]["top10"]
+    groups = m["groups"]
+    flat = [t for g in groups for t in g]
+    from galw_d2.tasks import TASKS_BY_NAME
+
+    # ROI-AlignPS*: the ten tasks t1..t10, each in exactly one of at most G=4 non-empty groups
+    assert sorted(flat) == sorted(t.name for t in TASKS_BY_NAME.values() if t.index <= 10)
+    assert 1 <= len(groups) <= 4 and all(groups)
+    assert m["settings"]["same_initial_weights_both_phases"] is True
+    assert m["settings"]["quick"] is True and m["settings"]["phase1_iters"] == 4
+    assert m["runtime_s"]["total"] > 0
+
+
+def test_groups_follow_from_the_recorded_trends(demo_out):
+    """groups.json = the GALW grouping of the trends file phase 1 wrote, and phase 2's config uses it."""
+    from detectron2.config import get_cfg
+
+    from galw_d2 import add_galw_config
+    from galw_d2.galw.grouping import group_tasks, load_trends
+
+    trends = load_trends(str(demo_out / "grouping" / "trends.json"))
+    assert len(trends["tasks"]) == 10
+    # 4 iterations, epochs of 2, a probe every 2 iterations: one probe per epoch, 2 trend points
+    assert all(len(v) == 2 and all(x is not None and x >= 0 for x in v) for v in trends["gradient_magnitude"].values())
+    again = group_tasks(trends, 4)["groups"]
+    m = json.loads((demo_out / "metrics.json").read_text())
+    assert m["groups"] == again
+    saved = json.loads((demo_out / "grouping" / "groups.json").read_text())
+    assert saved["groups"] == again
+    cfgs = {}
+    for phase in (1, 2):
+        cfg = add_galw_config(get_cfg())
+        cfg.merge_from_file(str(demo_out / "configs" / f"phase{phase}.yaml"))
+        cfgs[phase] = cfg
+    assert cfgs[1].GALW.STRATEGY == "rulwf" and cfgs[1].GALW.RECORD.ENABLED
+    assert cfgs[2].GALW.STRATEGY == "galw" and not cfgs[2].GALW.RECORD.ENABLED
+    assert [list(g) for g in cfgs[2].GALW.GROUPS] == again
+    assert cfgs[1].SOLVER.MAX_ITER == cfgs[2].SOLVER.MAX_ITER == 4
+
+
+def test_checkpoints_and_initial_weights(demo_out):
+    init = torch.load(demo_out / "model_init.pth", map_location="cpu", weights_only=False)["model"]
+    p1 = torch.load(demo_out / "phase1" / "model_final.pth", map_location="cpu", weights_only=False)
+    p2 = torch.load(demo_out / "phase2" / "model_final.pth", map_location="cpu", weights_only=False)
+    assert p1["iteration"] == p2["iteration"] == 3
+    # trained weights moved away from the shared initialisation, and the two phases differ
+    k = next(k for k in init if k.startswith("backbone.") and k.endswith("weight"))
+    assert not torch.equal(init[k], p1["model"][k]) and not torch.equal(p1["model"][k], p2["model"][k])
+    # phase 2 learned one log sigma per group
+    ls = p2["model"]["galw_weighting.log_sigma"]
+    m = json.loads((demo_out / "metrics.json").read_text())
+    assert ls.numel() >= len(m["groups"])
+
+
+def test_figures_and_report(demo_out):
+    for f in ("gallery_size_curve.png", "gallery_size_curve.json", "topk_search.png", "report.md",
+              "grouping/gradient_trends.png", "grouping/dendrogram.png", "log.txt"):
+        assert (demo_out / f).is_file() and (demo_out / f).stat().st_size > 0, f
+    curve = json.loads((demo_out / "gallery_size_curve.json").read_text())["curves"]
+    last = list(curve.values())[-1]
+    assert [c["gallery_size"] for c in last][0] == 50  # SynthPS tiny writes TestG50 (+ the full set)
+    m = json.loads((demo_out / "metrics.json").read_text())
+    g50 = next(c for c in last if c["gallery_size"] == 50)
+    assert g50["mAP"] == pytest.approx(m["search"]["mAP"])  # the headline protocol, re-scored from the file
+    rep = (demo_out / "report.md").read_text()
+    assert "random initial weights" in rep and "Published numbers" in rep and "95.6 / 96.3" in rep
+    assert f"{100 * m['search']['mAP']:.2f}" in rep
+
+
+def test_bad_dataset_name_is_a_clear_error(tmp_path):
+    import demo
+
+    with pytest.raises(ValueError, match="no registered dataset nope_train"):
+        demo.main(["--dataset", "nope", "--output", str(tmp_path)])
