@@ -43,7 +43,21 @@ __all__ = [
 ATTRIBUTE_FILE = "synthps_attributes.json"
 
 # Bump when the parsed structures change, so stale caches are ignored.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+
+
+def _code_digest() -> str:
+    """Digest of the loaders' source: a changed parser never reads a cache written by an older one."""
+    h = hashlib.sha1()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:12]
+
+
+_CODE_DIGEST = _code_digest()
 
 
 class DatasetFormatError(ValueError):
@@ -233,7 +247,7 @@ def cached_parse(tag: str, files: Iterable[str], fn: Callable[[], Any], extra: A
     falls back to parsing.
     """
     d = cache_dir()
-    key = json.dumps([_CACHE_VERSION, tag, _file_key(files), extra], sort_keys=True, default=str)
+    key = json.dumps([_CACHE_VERSION, _CODE_DIGEST, tag, _file_key(files), extra], sort_keys=True, default=str)
     memo_key = (d, key)
     if memo_key in _MEMO:
         _MEMO.move_to_end(memo_key)

@@ -307,7 +307,7 @@ def _build_index(root):
     # and their positive gallery boxes); equal idname = same person
     base = _base_size(root)
     base_path = _testg_path(root, base)
-    parsed = _parse_protocol_file(base_path, [f"TestG{base}"])
+    parsed = _protocol_queries(base_path, [f"TestG{base}"])  # shared with load_cuhk_sysu_protocol
     base_queries, base_names = parsed["queries"], parsed["names"]
     test_pids = {n: np.full(len(boxes[n]), -1, dtype=np.int64) for n in pool}
     id_of: Dict[str, int] = {}
