@@ -251,3 +251,19 @@ def test_plots(tmp_path):
     assert Image.open(p).size[0] > 100
     with pytest.raises(ValueError, match="no curves"):
         plot_map_vs_gallery_size({}, str(tmp_path / "x.png"))
+
+
+def test_gathers_predictions_of_every_rank(monkeypatch):
+    from detectron2.utils import comm
+
+    recs = [b[0] for b in inputs()]
+    model = FakeModel(query_box_sim=1.0)
+    ranks = [PersonSearchEvaluator("prw_test", protocol=protocol(), distributed=True) for _ in range(2)]
+    for i, r in enumerate(recs):  # records split over two "ranks", query on rank 1
+        ranks[i % 2].process([r], model([r]))
+    calls = iter([[ranks[0]._gallery, ranks[1]._gallery], [ranks[0]._queries, ranks[1]._queries]])
+    monkeypatch.setattr(comm, "gather", lambda data, dst=0: next(calls))
+    monkeypatch.setattr(comm, "is_main_process", lambda: True)
+    res = ranks[0].evaluate()
+    assert res["search"]["mAP"] == pytest.approx(STANDARD_MAP)
+    assert res["detection"]["recall"] == pytest.approx(4 / 6)
