@@ -23,7 +23,7 @@ bounded by ``chunk_bytes``); each query's body is vectorised (one sort of its de
 """
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
