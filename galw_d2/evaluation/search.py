@@ -19,7 +19,8 @@ Per query, exactly as the published CUHK-SYSU / PRW evaluation code (OIM, NAE, S
   code divides by zero) is left out of mAP / top-k and counted in ``num_queries_without_gt``.
 
 Speed: the similarities of a chunk of queries to all detections are one matrix product (memory
-bounded by ``chunk_bytes``); each query's body is vectorised (one sort of its detections).
+bounded by ``chunk_bytes``); each query's body is vectorised and ranks only its true positives
+(O(n log T), no sort of its n detections).
 """
 from dataclasses import dataclass
 from operator import itemgetter
