@@ -134,7 +134,8 @@ def test_prw_files_have_the_official_structure(synthps_tiny):
         assert rows.shape == (len(s.persons), 5) and rows.dtype == np.float64
         for r, p in zip(rows, s.persons):
             assert r[0] == (p.pid if p.pid >= 0 else -2) and tuple(r[1:].astype(int)) == p.box
-    for split, f, key in (("train", "frame_train.mat", "img_index_train"), ("test", "frame_test.mat", "img_index_test")):
+    for split, f, key in (("train", "frame_train.mat", "img_index_train"),
+                          ("test", "frame_test.mat", "img_index_test")):
         arr = scipy.io.loadmat(os.path.join(root, f))[key]
         assert arr.shape[1] == 1 and arr.dtype == object
         names = [str(x[0][0]) for x in arr]

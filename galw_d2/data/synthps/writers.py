@@ -214,7 +214,8 @@ def write_prw(root: str, truth: SynthPSTruth, images: List[np.ndarray], rng: np.
         write_image(os.path.join(root, "frames", s.name), img)
         rows = np.array([[p.pid if p.pid >= 0 else -2, *p.box] for p in s.persons], dtype=np.float64).reshape(-1, 5)
         savemat_deterministic(os.path.join(root, "annotations", s.name + ".mat"), {"box_new": rows})
-    for split, fname, key in (("train", "frame_train.mat", "img_index_train"), ("test", "frame_test.mat", "img_index_test")):
+    for split, fname, key in (("train", "frame_train.mat", "img_index_train"),
+                              ("test", "frame_test.mat", "img_index_test")):
         names = sorted(s.name[:-4] for s in scenes if s.split == split)
         savemat_deterministic(os.path.join(root, fname), {key: _cell_column([_s(n) for n in names])})
     lines = []
