@@ -106,3 +106,24 @@ def test_bad_dataset_name_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="no registered dataset nope_train"):
         demo.main(["--dataset", "nope", "--output", str(tmp_path)])
+
+
+def test_train_net_eval_only_reproduces_the_demo_metrics(demo_out):
+    """tools/train_net.py --eval-only on the demo's phase-2 config + checkpoint = the demo's numbers."""
+    import importlib.util
+
+    from detectron2.engine import default_argument_parser
+
+    spec = importlib.util.spec_from_file_location("_train_net", os.path.join(ROOT, "tools", "train_net.py"))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    m = json.loads((demo_out / "metrics.json").read_text())
+    test_name = m["settings"]["dataset_prefix"] + "_test"
+    args = default_argument_parser().parse_args([
+        "--config-file", str(demo_out / "configs" / "phase2.yaml"), "--eval-only",
+        "MODEL.WEIGHTS", str(demo_out / "phase2" / "model_final.pth"), "DATASETS.TEST", f"('{test_name}',)",
+        "OUTPUT_DIR", str(demo_out / "eval_only")])
+    res = train_net.main(args)
+    assert res["search"]["mAP"] == pytest.approx(m["search"]["mAP"], abs=1e-6)
+    assert res["search"]["top1"] == pytest.approx(m["search"]["top1"], abs=1e-6)
+    assert res["search"]["det-thresh"] == pytest.approx(m["settings"]["det_thresh"])
