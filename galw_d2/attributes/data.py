@@ -242,7 +242,7 @@ def _crop_resize(img: np.ndarray, box, size_hw) -> np.ndarray:
             raise ValueError(f"box {list(box)} is empty inside the {W}x{H} image")
         img = img[y1:y2, x1:x2]
     out = Image.fromarray(np.ascontiguousarray(img)).resize((int(size_hw[1]), int(size_hw[0])), Image.BILINEAR)
-    return np.asarray(out)
+    return np.array(out)  # a writable copy
 
 
 class CropDataset(Dataset):
