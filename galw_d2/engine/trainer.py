@@ -232,6 +232,12 @@ class GALWTrainer(DefaultTrainer):
                         f"iterations, {self.recorder.epoch_iters} iterations per epoch")
         if cfg.GALW.ONLINE_REGROUP.ENABLED and cfg.GALW.ONLINE_REGROUP.WARMUP_EPOCHS < 2:
             raise ValueError("GALW.ONLINE_REGROUP.WARMUP_EPOCHS must be >= 2 (a slope needs two epochs)")
+        if self.recorder is not None and self.recorder.period > self.recorder.epoch_iters:
+            msg = (f"GALW.RECORD.PERIOD ({self.recorder.period}) > iterations per epoch "
+                   f"({self.recorder.epoch_iters}): some epochs get no probe")
+            if cfg.GALW.ONLINE_REGROUP.ENABLED:
+                raise ValueError(msg + "; online regrouping needs a probe in every warm-up epoch")
+            logger.warning(msg + " (null in the trends file)")
 
     # ------------------------------------------------------------------ builders
     @classmethod
