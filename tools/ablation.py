@@ -120,9 +120,10 @@ def main(argv=None) -> int:
     rows = table(all_res, args.seeds)
     total = round(time.perf_counter() - t_start, 1)
     md = [f"# Table 3 on SynthPS ({args.dataset}, seeds {args.seeds}, {'quick' if args.quick else 'demo-sized'} runs)", "",
-          "| weighting | grouping | mAP (%) mean +- std | top-1 (%) mean +- std |", "|---|---|---|---|"]
+          "| arm | weighting | task grouping | mAP (%) mean +- std | top-1 (%) mean +- std |", "|---|---|---|---|---|"]
     for (label, strategy, lam, grouped), (_, m, ms, t, ts) in zip(ARMS, rows):
-        md.append(f"| {label.split('+')[0]} | {'yes' if grouped else 'no'} | {m:.2f} +- {ms:.2f} | {t:.2f} +- {ts:.2f} |")
+        weighting = "fixed" if strategy == "fixed" else ("ULWF" if lam == 0 else "RULWF")
+        md.append(f"| {label} | {weighting} | {'yes' if grouped else 'no'} | {m:.2f} +- {ms:.2f} | {t:.2f} +- {ts:.2f} |")
     md += ["", f"Total runtime: {total:.0f} s.", ""]
     with open(os.path.join(args.output, "ablation.md"), "w") as f:
         f.write("\n".join(md))
