@@ -36,6 +36,9 @@ def plot_trends(trends: dict, path: str, groups: Optional[Sequence[Sequence[str]
             continue
         label = _short(t) + (f"  [G{gid[t] + 1}]" if t in gid else "")
         ax.plot(e, v, styles[gid.get(t, 0) % len(styles)], marker="o", ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("gradient magnitude over shared params (Eq. 6)")
     if log_y and any(x is not None and float(x) > 0 for c in trends["gradient_magnitude"].values() for x in c):
