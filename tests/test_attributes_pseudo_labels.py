@@ -128,6 +128,17 @@ def test_merge_and_register(scene, tmp_path):
         assert MetadataCatalog.get(name).attribute_names == NAMES and MetadataCatalog.get(name).num_train_pids == 2
         got = DatasetCatalog.get(name)
         assert got[2]["annotations"][0]["attributes"] == recs["s2.jpg"]["labels"][0]
+        # the data mapper turns them into gt_attributes
+        from detectron2.config import get_cfg
+
+        from galw_d2 import add_galw_config
+        from galw_d2.data import PersonSearchDatasetMapper
+
+        cfg = add_galw_config(get_cfg())
+        cfg.INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE = (80, 80)
+        cfg.INPUT.PERSON_SEARCH.FLIP_PROB = 0.0
+        inst = PersonSearchDatasetMapper(cfg, is_train=True)(got[2])["instances"]
+        assert inst.gt_attributes.tolist() == [[float(v) for v in row] for row in recs["s2.jpg"]["labels"]]
     finally:
         for n in ("toy_pl_train", "toy_pl_train_attr"):
             if n in DatasetCatalog.list():
