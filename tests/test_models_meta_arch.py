@@ -252,3 +252,19 @@ def test_attribute_branch_hook_gets_features_and_sampled_rois(monkeypatch):
 
 def test_task_table_covers_models():
     assert NAMES["ROIAlignPS"] == {t.name for t in TASKS if t.index <= 10}
+
+
+def test_images_without_persons_train():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("ROIAlignPS"))
+    empty = Instances((H, W))
+    empty.gt_boxes = Boxes(torch.zeros(0, 4))
+    empty.gt_classes = torch.zeros(0, dtype=torch.long)
+    empty.gt_pids = torch.zeros(0, dtype=torch.long)
+    batch = train_batch()
+    batch[1]["instances"] = empty
+    losses = one_step(model, batch)
+    assert set(losses) == NAMES["ROIAlignPS"] and all(torch.isfinite(v) for v in losses.values())
+    batch[0]["instances"] = empty
+    losses = one_step(model, batch)  # no person at all: positive-only losses are 0, still finite
+    assert losses["loss_roi_box_reg"] == 0 and losses["loss_nae_oim"] == 0 and losses["loss_rpn_cls"] > 0

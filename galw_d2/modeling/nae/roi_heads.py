@@ -143,7 +143,8 @@ class NAEROIHeads(Res5ROIHeads):
         fg_idx = nonzero_tuple(fg)[0]
         if fg_idx.numel() > 0:
             props = cat([p.proposal_boxes.tensor for p in proposals])[fg_idx]
-            gts = cat([p.gt_boxes.tensor for p in proposals])[fg_idx]
+            # Images without GT have no gt_boxes on their (all background) RoIs: any placeholder will do.
+            gts = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])[fg_idx]
             targets = self.box2box_transform.get_deltas(props, gts)
             loss_box = F.l1_loss(deltas[fg_idx], targets, reduction="sum") / max(gt_classes.numel(), 1)
         else:
