@@ -268,3 +268,19 @@ def test_images_without_persons_train():
     batch[0]["instances"] = empty
     losses = one_step(model, batch)  # no person at all: positive-only losses are 0, still finite
     assert losses["loss_roi_box_reg"] == 0 and losses["loss_nae_oim"] == 0 and losses["loss_rpn_cls"] > 0
+
+
+@pytest.mark.parametrize("arch", ["ROIAlignPS", "NAE"])
+def test_imagenet_style_checkpoint_initialises_the_roi_res5(arch, tmp_path):
+    """A backbone-only checkpoint (names stem/res2..res5, as detectron2's converted R-50.pkl) loads without
+    ambiguity; the ROI head's res5 starts from its res5 (ROIAlignPS: copied from backbone.res5)."""
+    cfg = tiny_cfg("AlignPS")
+    src = {k[len("backbone."):]: torch.rand_like(v) if v.is_floating_point() else v
+           for k, v in build_model(cfg).state_dict().items() if k.startswith("backbone.")}
+    torch.save({"model": src, "matching_heuristics": True}, str(tmp_path / "imagenet.pth"))
+    model = build_model(tiny_cfg(arch))
+    DetectionCheckpointer(model).load(str(tmp_path / "imagenet.pth"))
+    head = model.roi_heads.res5_block.state_dict()
+    assert model.roi_heads.res5_name == ("head_res5" if arch == "ROIAlignPS" else "res5")
+    assert all(torch.equal(head[k], src["res5." + k]) for k in head if head[k].is_floating_point())
+    assert torch.equal(model.backbone.res4[0].conv1.weight, src["res4.0.conv1.weight"])

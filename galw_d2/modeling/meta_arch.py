@@ -6,6 +6,7 @@ the per-task fixed loss weights (``MODEL.PERSON_SEARCH.LOSS_WEIGHTS``), the opti
 outputs to the original image size. Subclasses only say how the branches produce raw losses,
 detections and box embeddings. Contract: docs/DESIGN.md (Models).
 """
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -187,6 +188,27 @@ def _combine(a: torch.Tensor, n: torch.Tensor, choice: str) -> torch.Tensor:
     return F.normalize(torch.cat([F.normalize(a, dim=1), F.normalize(n, dim=1)], dim=1), dim=1)
 
 
+def _init_head_res5_from_backbone(model, incompatible_keys) -> None:
+    """After ``load_state_dict``: if the checkpoint had the backbone's res5 but no ROI-head res5 (an
+    ImageNet checkpoint), start the ROI head's res5 from the same weights, as ROI-AlignPS does."""
+    name = f"roi_heads.{model.roi_heads.res5_name}."
+    missing = incompatible_keys.missing_keys
+    head_missing = [k for k in missing if k.startswith(name)]
+    if not head_missing or any(k.startswith("backbone.res5.") for k in missing):
+        return
+    src = model.backbone.res5.state_dict()
+    dst = model.roi_heads.res5_block.state_dict()
+    if set(src) != set(dst) or any(src[k].shape != dst[k].shape for k in src):
+        return  # different architectures: leave the head as initialised
+    with torch.no_grad():
+        for k, v in dst.items():
+            if name + k in head_missing:
+                v.copy_(src[k])
+    for k in head_missing:
+        missing.remove(k)
+    logging.getLogger(__name__).info(f"{name[:-1]} initialised from backbone.res5 (not in the checkpoint)")
+
+
 def _check_embedding(cfg) -> str:
     choice = str(cfg.MODEL.PERSON_SEARCH.EMBEDDING).lower()
     if choice not in EMBEDDING_CHOICES:
@@ -273,6 +295,7 @@ class ROIAlignPS(NAE, AlignPS):
     def __init__(self, *, embedding: str, **kwargs):
         super().__init__(**kwargs)
         self.embedding = embedding
+        self.register_load_state_dict_post_hook(_init_head_res5_from_backbone)
 
     @classmethod
     def from_config(cls, cfg):

@@ -40,7 +40,7 @@ class NAEROIHeads(Res5ROIHeads):
     @configurable
     def __init__(self, *, embedding: NormAwareEmbedding, memory: OIMMemory, oim_scale: float,
                  box2box_transform: Box2BoxTransform, test_score_thresh: float, test_nms_thresh: float,
-                 test_detections_per_img: int, res4_channels: int, **kwargs):
+                 test_detections_per_img: int, res4_channels: int, res5_name: str = "res5", **kwargs):
         """
         Args:
             embedding: the norm-aware embedding head (inputs "res4", "res5").
@@ -49,6 +49,9 @@ class NAEROIHeads(Res5ROIHeads):
             box2box_transform: delta encoding with weights 1 / target stds (10, 10, 5, 5).
             test_score_thresh, test_nms_thresh, test_detections_per_img: NAE-only detection output.
             res4_channels: channels of the pooled C4 map.
+            res5_name: attribute name of the per-RoI res5 block. "res5" (detectron2's C4 convention) lets an
+                ImageNet checkpoint's ``res5.*`` load into it; when the backbone has its own res5 (ROI-AlignPS)
+                that name would match both, so it is "head_res5" there (see ``ROIAlignPS``).
             kwargs: :class:`Res5ROIHeads` arguments (in_features, pooler, res5, box_predictor) and
                 :class:`ROIHeads` sampling arguments.
         """
@@ -61,6 +64,11 @@ class NAEROIHeads(Res5ROIHeads):
         self.test_nms_thresh = test_nms_thresh
         self.test_detections_per_img = test_detections_per_img
         self.res4_channels = res4_channels
+        self.res5_name = res5_name
+        if res5_name != "res5":
+            block = self.res5
+            del self.res5
+            self.add_module(res5_name, block)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -96,7 +104,14 @@ class NAEROIHeads(Res5ROIHeads):
         ret["test_nms_thresh"] = nae.TEST_NMS_THRESH
         ret["test_detections_per_img"] = cfg.TEST.DETECTIONS_PER_IMAGE
         ret["res4_channels"] = c4.channels
+        # A backbone that outputs res5 has built its own res5: keep checkpoint names unambiguous.
+        ret["res5_name"] = "head_res5" if "res5" in input_shape else "res5"
         return ret
+
+    @property
+    def res5_block(self):
+        """The per-RoI res5 stage (named ``res5_name``)."""
+        return getattr(self, self.res5_name)
 
     # ------------------------------------------------------------------ per-RoI computation
     def roi_outputs(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
@@ -105,7 +120,7 @@ class NAEROIHeads(Res5ROIHeads):
         if x.shape[0] == 0:
             z = x.new_zeros((0,))
             return x.new_zeros((0, self.embedding.embed_dim)), z, x.new_zeros((0, 4))
-        f5 = max_pool_flat(self.res5(x))
+        f5 = max_pool_flat(self.res5_block(x))
         emb, logits = self.embedding({"res4": max_pool_flat(x), "res5": f5})
         return emb, logits, self.box_predictor(f5)
 
