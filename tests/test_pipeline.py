@@ -127,3 +127,40 @@ def test_train_net_eval_only_reproduces_the_demo_metrics(demo_out):
     assert res["search"]["mAP"] == pytest.approx(m["search"]["mAP"], abs=1e-6)
     assert res["search"]["top1"] == pytest.approx(m["search"]["top1"], abs=1e-6)
     assert res["search"]["det-thresh"] == pytest.approx(m["settings"]["det_thresh"])
+
+
+def test_search_tool_on_own_photos(demo_out, tmp_path):
+    """tools/search.py with the demo's checkpoint: a query box in one image, a folder of 3 images."""
+    import shutil
+
+    from PIL import Image
+
+    import search
+
+    m = json.loads((demo_out / "metrics.json").read_text())
+    imgs = sorted(os.listdir(os.path.join(m["settings"]["dataset_root"], "Image", "SSM")))[:4]
+    src = [os.path.join(m["settings"]["dataset_root"], "Image", "SSM", n) for n in imgs]
+    gal = tmp_path / "gallery"
+    gal.mkdir()
+    for p in src[1:]:
+        shutil.copy(p, gal)
+    w, h = Image.open(src[0]).size
+    common = ["--config-file", str(demo_out / "configs" / "phase2.yaml"), "--weights",
+              str(demo_out / "phase2" / "model_final.pth"), "--gallery", str(gal), "--topk", "3", "--det-thresh", "0"]
+    assert search.main(common + ["--query-image", src[0], "--query-box", "10", "10", "60", "120",
+                                 "--output", str(tmp_path / "a")]) == 0
+    out = json.loads((tmp_path / "a" / "topk.json").read_text())
+    assert out["num_gallery_images"] == 3 and len(out["hits"]) == min(3, out["num_detections"]) > 0
+    sims = [hh["similarity"] for hh in out["hits"]]
+    assert sims == sorted(sims, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in sims)
+    assert [hh["rank"] for hh in out["hits"]] == list(range(1, len(sims) + 1))
+    assert all(os.path.dirname(hh["image"]) == str(gal) for hh in out["hits"])
+    assert (tmp_path / "a" / "topk.png").stat().st_size > 0
+    # a crop as the query
+    crop = tmp_path / "crop.png"
+    Image.open(src[0]).crop((10, 10, 60, 120)).save(crop)
+    assert search.main(common + ["--query-crop", str(crop), "--output", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "topk.json").read_text())["query"]["box"] == [0.0, 0.0, 50.0, 110.0]
+    with pytest.raises(ValueError, match="--query-box"):
+        search.main(common + ["--query-image", src[0], "--query-box", "10", "10", str(w + 5), "20",
+                              "--output", str(tmp_path / "c")])
