@@ -270,6 +270,9 @@ def add_attribute_config(cfg: CN) -> None:
     _C.ATTRIBUTE_NET.EPOCHS = 30
     _C.ATTRIBUTE_NET.BATCH_SIZE = 32
     _C.ATTRIBUTE_NET.NUM_WORKERS = 0
+    # torch CPU threads of tools/train_attribute_net.py (torch.set_num_threads; 0 = torch's default).
+    # Small crops gain little from threads, and oversubscribed CPUs slow multi-threaded small convs down.
+    _C.ATTRIBUTE_NET.NUM_THREADS = 0
     # Horizontal-flip probability of training crops.
     _C.ATTRIBUTE_NET.FLIP_PROB = 0.5
     _C.ATTRIBUTE_NET.DATA = CN()

@@ -44,6 +44,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = setup(args)
+    threads = torch.get_num_threads()
+    if int(cfg.ATTRIBUTE_NET.NUM_THREADS) > 0:
+        torch.set_num_threads(int(cfg.ATTRIBUTE_NET.NUM_THREADS))
+    try:
+        return _run(args, cfg)
+    finally:
+        torch.set_num_threads(threads)  # main() is also called in-process (tests)
+
+
+def _run(args, cfg):
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "config.yaml"), "w") as f:
         f.write(cfg.dump())
