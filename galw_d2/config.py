@@ -242,6 +242,10 @@ def add_attribute_config(cfg: CN) -> None:
     # Attribute BCE weighting: "none" (plain BCE, the paper's t11) or "alm" (positives weighted
     # exp(1 - p_j), negatives exp(p_j), p_j = positive ratio of attribute j in the batch targets).
     _C.MODEL.ATTRIBUTES.LOSS_WEIGHTING = "none"
+    # Pseudo-label files to merge: entries "BASE_DATASET=PATH.jsonl"; each registers BASE_DATASET_attr
+    # (galw_d2.attributes.pseudo_labels.register_pseudo_labels_from_config, called by the entry point)
+    # for DATASETS.TRAIN.
+    _C.MODEL.ATTRIBUTES.PSEUDO_LABELS = []
 
     # Stand-alone attribute recognizer (the pseudo-labeler; tools/train_attribute_net.py).
     _C.ATTRIBUTE_NET = CN()

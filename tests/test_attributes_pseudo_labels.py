@@ -123,15 +123,23 @@ def test_merge_and_register(scene, tmp_path):
     DatasetCatalog.register("toy_pl_train", lambda: scene["dicts"])
     MetadataCatalog.get("toy_pl_train").set(num_train_pids=2)
     try:
+        from detectron2.config import get_cfg
+
+        from galw_d2 import add_galw_config
+        from galw_d2.attributes.pseudo_labels import register_pseudo_labels_from_config
+
+        cfg = add_galw_config(get_cfg())
+        cfg.MODEL.ATTRIBUTES.PSEUDO_LABELS = [f"toy_pl_train={out}"]
+        assert register_pseudo_labels_from_config(cfg) == ["toy_pl_train_attr"]
+        cfg.MODEL.ATTRIBUTES.PSEUDO_LABELS = ["toy_pl_train"]
+        with pytest.raises(ValueError, match="BASE_DATASET=PATH"):
+            register_pseudo_labels_from_config(cfg)
         name = register_pseudo_labeled_dataset("toy_pl_train", str(out))
         assert name == "toy_pl_train_attr"
         assert MetadataCatalog.get(name).attribute_names == NAMES and MetadataCatalog.get(name).num_train_pids == 2
         got = DatasetCatalog.get(name)
         assert got[2]["annotations"][0]["attributes"] == recs["s2.jpg"]["labels"][0]
         # the data mapper turns them into gt_attributes
-        from detectron2.config import get_cfg
-
-        from galw_d2 import add_galw_config
         from galw_d2.data import PersonSearchDatasetMapper
 
         cfg = add_galw_config(get_cfg())

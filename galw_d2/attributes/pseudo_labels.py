@@ -32,7 +32,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["FORMAT", "generate_pseudo_labels", "load_pseudo_labels", "validate_pseudo_labels",
-           "merge_pseudo_labels", "register_pseudo_labeled_dataset", "image_boxes"]
+           "merge_pseudo_labels", "register_pseudo_labeled_dataset", "register_pseudo_labels_from_config",
+           "image_boxes"]
 
 FORMAT = "galw_d2.attribute_pseudo_labels"
 VERSION = 1
@@ -256,3 +257,18 @@ def register_pseudo_labeled_dataset(base_name: str, path: str, new_name: Optiona
     meta.update(attribute_names=list(header["attribute_names"]), attribute_pseudo_labels=path)
     MetadataCatalog.get(new_name).set(**meta)
     return new_name
+
+
+def register_pseudo_labels_from_config(cfg) -> List[str]:
+    """Register every ``MODEL.ATTRIBUTES.PSEUDO_LABELS`` entry "BASE=PATH" as ``BASE_attr``; returns the
+    new names (call before building the data loader; DATASETS.TRAIN then names ``BASE_attr``)."""
+    names = []
+    for entry in cfg.MODEL.ATTRIBUTES.PSEUDO_LABELS:
+        base, sep, path = str(entry).partition("=")
+        if not sep or not base or not path:
+            raise ValueError(f"MODEL.ATTRIBUTES.PSEUDO_LABELS entry {entry!r}: expected 'BASE_DATASET=PATH.jsonl'")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"MODEL.ATTRIBUTES.PSEUDO_LABELS: {path!r} not found (make it with "
+                                    "tools/generate_attribute_pseudo_labels.py)")
+        names.append(register_pseudo_labeled_dataset(base, path))
+    return names
