@@ -78,6 +78,7 @@ class PipelineSettings:
     phase2_strategy: str = "galw"
     eval_phase1: Optional[bool] = None  # score the phase-1 model too (default: demo yes, quick no)
     opts: List[str] = field(default_factory=list)  # extra KEY VALUE config overrides for both phases
+    resume: bool = False  # continue each phase from its last checkpoint in the output folder
 
     def resolved(self) -> "PipelineSettings":
         s = copy.deepcopy(self)
@@ -176,7 +177,8 @@ def build_cfg(settings: PipelineSettings, data: Dict, phase: int, output_dir: st
     # (the paper's 16/24 and 22/24 epochs).
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, iters // 15))
     cfg.SOLVER.STEPS = tuple(s for s in (int(iters * 2 / 3), int(iters * 11 / 12)) if 0 < s < iters)
-    cfg.SOLVER.CHECKPOINT_PERIOD = iters + 1  # only model_final.pth (no duplicate of the last iteration)
+    # A checkpoint every third of the run: an interrupted demo continues with --resume.
+    cfg.SOLVER.CHECKPOINT_PERIOD = max(1, iters // 3)
     cfg.TEST.EVAL_PERIOD = 0
     # Detections come from the AlignPS branch (SPEC §1): score them with AlignPS's published
     # thresholds (0.2 CUHK-SYSU, 0.15 PRW) unless the config or --opts set one explicitly. Reported.
@@ -322,7 +324,7 @@ def run_pipeline(settings: PipelineSettings) -> Dict:
           f"top-1 {100 * _search(res_init).get('top1', 0):.2f}%", flush=True)
 
     st.start("phase1", f"phase 1: {s.phase1_iters} iterations, {s.phase1_strategy.upper()} (ungrouped), recording gradient trends")
-    trainer1.resume_or_load(resume=False)
+    trainer1.resume_or_load(resume=s.resume)
     trainer1.train()
     res_p1 = None
     if s.eval_phase1:
@@ -343,7 +345,7 @@ def run_pipeline(settings: PipelineSettings) -> Dict:
     save_cfg(cfg2, os.path.join(out, "configs", "phase2.yaml"))
     trainer2 = _trainer(cfg2, "phase 2")
     same_init = _same_weights(_unwrap(trainer2.model).state_dict(), model_init)
-    trainer2.resume_or_load(resume=False)
+    trainer2.resume_or_load(resume=s.resume)
     trainer2.train()
     model2 = trainer2.model
 

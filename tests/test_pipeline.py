@@ -164,3 +164,19 @@ def test_search_tool_on_own_photos(demo_out, tmp_path):
     with pytest.raises(ValueError, match="--query-box"):
         search.main(common + ["--query-image", src[0], "--query-box", "10", "10", str(w + 5), "20",
                               "--output", str(tmp_path / "c")])
+
+
+def test_resume_skips_finished_phases(demo_out):
+    """A second run with --resume on the same output: both phases restart from model_final (nothing to
+    train) and the evaluation reproduces the first run's numbers."""
+    import demo
+
+    first = json.loads((demo_out / "metrics.json").read_text())
+    data = first["settings"]["data_dir"]
+    assert demo.main(["--quick", "--output", str(demo_out), "--data-dir", data, "--seed", "0", "--resume"]) == 0
+    again = json.loads((demo_out / "metrics.json").read_text())
+    assert again["search"] == first["search"] and again["groups"] == first["groups"]
+    log = (demo_out / "log.txt").read_text()
+    assert log.count("Starting training from iteration 4") == 2  # both phases: nothing left to train
+    p2 = torch.load(demo_out / "phase2" / "model_final.pth", map_location="cpu", weights_only=False)
+    assert p2["iteration"] == 3

@@ -41,6 +41,8 @@ def parse_args(argv=None):
                    help="also score the phase-1 model (default in the full demo)")
     p.add_argument("--no-eval-phase1", dest="eval_phase1", action="store_false",
                    help="skip scoring the phase-1 model (saves one test pass; default with --quick)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: each phase restarts from its last checkpoint in --output")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides applied to both phases")
     return p.parse_args(argv)
 
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
         dataset=args.dataset, config_file=os.path.abspath(args.config_file), output=args.output, quick=args.quick,
         seed=args.seed, num_groups=args.num_groups, data_dir=args.data_dir, phase1_iters=args.phase1_iters,
         phase2_iters=args.phase2_iters, eval_phase1=args.eval_phase1, opts=list(args.opts),
+        resume=args.resume,
     )
     m = run_pipeline(settings)
     if not args.quick and m["search"].get("mAP", 0.0) <= m["random_init"].get("mAP", 0.0):
