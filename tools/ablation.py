@@ -17,9 +17,10 @@ RULWF is phase 1 itself (gradient recording does not change training), so each s
 models and scores five. Writes ``OUTPUT/ablation.json`` (every run's metrics and groups) and
 ``OUTPUT/ablation.md`` (the table) and prints the table.
 
-Runtime on 2 CPU cores (no other load): about 4 x (one demo phase) + 5 evaluations per seed, i.e.
-roughly 30-35 min per seed with the default --iters 300 (1.5-1.8 h for three seeds); --iters 100
-takes about a third of that; --quick about 1 min per seed.
+Runtime on 2 idle CPU cores: per seed 4 trainings (0.20-0.25 s/iteration) + 5 evaluations (8 s), so
+about 3.5 min per 200 iterations per seed plus 1 min; default (the demo's 1000 iterations, 3 seeds):
+about 55 min. Measured: ``--iters 150 --seeds 0 1`` took 759 s wall with one thread while the machine
+was shared (seed 1 alone, on an almost idle machine: 208 s); ``--quick --seeds 0 1``: 138 s shared.
 """
 import argparse
 import json
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
         print(f"[ablation] seed {seed}: " + "  ".join(f"{k} {100 * v['mAP']:.2f}" for k, v in all_res[seed].items()), flush=True)
     rows = table(all_res, args.seeds)
     total = round(time.perf_counter() - t_start, 1)
-    md = [f"# Table 3 on SynthPS ({args.dataset}, seeds {args.seeds}, {'quick' if args.quick else 'demo-sized'} runs)", "",
+    iters = args.iters or ("quick preset" if args.quick else "the demo's")
+    md = [f"# Table 3 on SynthPS ({args.dataset}, seeds {args.seeds}, {iters} iterations per arm)", "",
           "| arm | weighting | task grouping | mAP (%) mean +- std | top-1 (%) mean +- std |", "|---|---|---|---|---|"]
     for (label, strategy, lam, grouped), (_, m, ms, t, ts) in zip(ARMS, rows):
         weighting = "fixed" if strategy == "fixed" else ("ULWF" if lam == 0 else "RULWF")
