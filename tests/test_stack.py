@@ -175,8 +175,8 @@ def test_patch_script_patches_and_is_idempotent(tmp_path):
     assert "Image.BILINEAR" in (tmp_path / "detectron2/data/transforms/transform.py").read_text()
 
 
-def test_demo_prints_finite_losses(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/demo.py"), "--iters", "2", "--output", str(tmp_path)],
+def test_stock_smoke_prints_finite_losses(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/smoke_stock.py"), "--iters", "2", "--output", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[demo] iter")]

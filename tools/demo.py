@@ -12,8 +12,7 @@ lands in ``--output``: configs, checkpoints, trends + Fig. 3 curves + dendrogram
 gallery-size curve, top-k figure and report.md (see galw_d2/pipeline.py for the layout).
 
 Exits non-zero when the trained model does not beat its random initial weights on search mAP.
-``--iters N`` (with no other pipeline flag) runs the stack smoke test instead (tools/smoke_stock.py:
-stock Faster R-CNN, N iterations on toy images, every iteration's losses printed).
+(The stack smoke run of the skeleton, stock Faster R-CNN on toy images, is tools/smoke_stock.py.)
 """
 import argparse
 import os
@@ -48,12 +47,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--iters" in argv:  # the stack smoke mode (kept for the skeleton's test and quick checks)
-        sys.path.insert(0, os.path.join(ROOT, "tools"))
-        import smoke_stock
-
-        return smoke_stock.main(argv)
     args = parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     from galw_d2.pipeline import PipelineSettings, run_pipeline

@@ -3,7 +3,6 @@
 a few iterations and print every iteration's losses (checks torch + detectron2 + galw_d2 configs).
 
     python tools/smoke_stock.py [--iters 10] [--config-file configs/stock/faster_rcnn_R18_FPN_tiny.yaml]
-    python tools/demo.py --iters 10        # the same (the demo's pre-pipeline smoke mode)
 
 Exits non-zero if any loss is not finite. The main job is tools/demo.py (the GALW pipeline).
 """
