@@ -46,6 +46,8 @@ def add_person_search_config(cfg: CN) -> None:
     # Fixed per-task loss weights, "loss_name:weight" strings (a list keeps the key v0.6-yacs friendly).
     # Names are those of galw_d2/tasks.py; a task not listed keeps its original weight from that table
     # (t3 = 10). The model multiplies each raw loss by its weight before returning the dict.
+    # Only with GALW.STRATEGY "fixed": the adaptive strategies (ulwf, rulwf, galw) weight the original
+    # UNWEIGHTED task losses (the paper's L_ori_i, Eq. 4-5), so the model then returns raw losses.
     _C.MODEL.PERSON_SEARCH.LOSS_WEIGHTS = [f"{t.name}:{t.weight:g}" for t in TASKS]
     # Test-time embedding of the ROI-AlignPS* model: "alignps" (P3 feature, 256-d), "nae" (NAE
     # re-embedding of the AlignPS boxes, 256-d) or "concat" (both L2-normalised, concatenated,

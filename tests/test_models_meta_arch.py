@@ -129,6 +129,23 @@ def test_loss_weights_scale_raw_losses():
     assert torch.allclose(l2["loss_rpn_cls"], l1["loss_rpn_cls"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["ulwf", "rulwf", "galw"])
+def test_adaptive_strategies_get_unweighted_losses(strategy):
+    """GALW Eq. 4-5 weight the original unweighted losses: the fixed weights (t3 = 10) apply only under
+    GALW.STRATEGY fixed; the entries are still validated."""
+    from galw_d2.modeling.meta_arch import loss_weights_for
+
+    cfg = tiny_cfg("ROIAlignPS", LOSS_WEIGHTS=["loss_nae_det:3"])
+    assert loss_weights_for(cfg)["loss_roi_box_reg"] == 10.0 and loss_weights_for(cfg)["loss_nae_det"] == 3.0
+    cfg.GALW.STRATEGY = strategy
+    w = loss_weights_for(cfg)
+    assert set(w) >= {"loss_roi_box_reg", "loss_triplet"} and set(w.values()) == {1.0}
+    assert build_model(cfg).loss_weights == w
+    cfg.MODEL.PERSON_SEARCH.LOSS_WEIGHTS = ["loss_bogus:1"]
+    with pytest.raises(ValueError, match="loss_bogus"):
+        loss_weights_for(cfg)
+
+
 @pytest.mark.parametrize("arch,choice,dim", [("ROIAlignPS", "concat", 64), ("ROIAlignPS", "nae", 32),
                                              ("ROIAlignPS", "alignps", 32), ("NAE", "concat", 32),
                                              ("AlignPS", "concat", 32)])

@@ -23,7 +23,8 @@ from torch import nn
 from ..tasks import TASKS_BY_NAME
 from .alignps import AlignPSBranch
 
-__all__ = ["PersonSearchBase", "ROIAlignPS", "NAE", "AlignPS", "parse_loss_weights", "resolve_num_pids"]
+__all__ = ["PersonSearchBase", "ROIAlignPS", "NAE", "AlignPS", "parse_loss_weights", "loss_weights_for",
+           "resolve_num_pids"]
 
 EMBEDDING_CHOICES = ("alignps", "nae", "concat")
 
@@ -47,6 +48,17 @@ def parse_loss_weights(entries) -> Dict[str, float]:
             raise ValueError(f"MODEL.PERSON_SEARCH.LOSS_WEIGHTS: unknown loss {name!r}; "
                              f"known: {sorted(TASKS_BY_NAME)} (galw_d2/tasks.py)")
         weights[name] = w
+    return weights
+
+
+def loss_weights_for(cfg) -> Dict[str, float]:
+    """The fixed per-task weights the model applies: ``MODEL.PERSON_SEARCH.LOSS_WEIGHTS`` under
+    ``GALW.STRATEGY`` "fixed", all 1 under the adaptive strategies, which learn the weights of the
+    original unweighted losses (GALW Eq. 4-5: L_ori_i / (k_i sigma_i^2)); the entries are validated
+    either way."""
+    weights = parse_loss_weights(cfg.MODEL.PERSON_SEARCH.LOSS_WEIGHTS)
+    if str(cfg.GALW.STRATEGY) != "fixed":
+        weights = {name: 1.0 for name in weights}
     return weights
 
 
@@ -100,7 +112,7 @@ class PersonSearchBase(nn.Module):
             "backbone": backbone,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "loss_weights": parse_loss_weights(cfg.MODEL.PERSON_SEARCH.LOSS_WEIGHTS),
+            "loss_weights": loss_weights_for(cfg),
             "size_divisibility": cfg.MODEL.PERSON_SEARCH.SIZE_DIVISIBILITY,
             "attribute_branch": attribute_branch,
         }
