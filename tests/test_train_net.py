@@ -150,3 +150,16 @@ def test_command_line_is_detectron2_standard():
     assert len(src.splitlines()) < 150
     assert "launch(" in src and "default_setup" in src and "add_galw_config" in src
     assert issubclass(train_net.Trainer, __import__("galw_d2.engine.person_search", fromlist=["x"]).PersonSearchTrainer)
+
+
+def test_setup_registers_attribute_pseudo_labels(tmp_path):
+    """setup() wires MODEL.ATTRIBUTES.PSEUDO_LABELS: a missing file is an error naming it and the tool."""
+    from detectron2.engine import default_argument_parser
+
+    train_net = _load_tool("train_net")
+    missing = str(tmp_path / "attr_train.jsonl")
+    args = default_argument_parser().parse_args(
+        ["--config-file", STOCK, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.ATTRIBUTES.PSEUDO_LABELS",
+         f"['galw_test_toy_train={missing}']"])
+    with pytest.raises(FileNotFoundError, match="generate_attribute_pseudo_labels"):
+        train_net.setup(args)

@@ -2,7 +2,7 @@
 """Train or evaluate a galw_d2 person-search model: the detectron2-standard entry point.
 
     # one machine, 8 GPUs (paper-scale CUHK-SYSU config)
-    python tools/train_net.py --config-file configs/cuhk_sysu/roi_alignps_R50_cuhk_sysu.yaml --num-gpus 8
+    python tools/train_net.py --config-file configs/roi_alignps_R50_24e_cuhk_sysu.yaml --num-gpus 8
     # two machines, 8 GPUs each (run on each machine with its rank)
     python tools/train_net.py --config-file CFG --num-gpus 8 --num-machines 2 --machine-rank 0 \
         --dist-url tcp://HOST0:29500
@@ -28,6 +28,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch  # 
 from detectron2.evaluation import verify_results  # noqa: E402
 
 from galw_d2 import add_galw_config  # noqa: E402
+from galw_d2.attributes.pseudo_labels import register_pseudo_labels_from_config  # noqa: E402
 from galw_d2.engine.person_search import PersonSearchTrainer  # noqa: E402
 
 logger = logging.getLogger("galw_d2.train_net")
@@ -47,6 +48,8 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"  # configs say cuda for paper scale; run on CPU where there is none
     cfg.freeze()
     default_setup(cfg, args)
+    # Datasets with attribute pseudo-labels (task t11): MODEL.ATTRIBUTES.PSEUDO_LABELS "BASE=FILE" -> BASE_attr.
+    register_pseudo_labels_from_config(cfg)
     return cfg
 
 
