@@ -312,11 +312,8 @@ class ROIAlignPS(NAE, AlignPS):
     @classmethod
     def from_config(cls, cfg):
         cfg = resolve_num_pids(cfg)
-        ret = cls.base_config(cfg, uses_rois=True)
-        shape = ret["backbone"].output_shape()
-        ret["proposal_generator"] = build_proposal_generator(cfg, shape)
-        ret["roi_heads"] = build_roi_heads(cfg, shape)
-        ret["alignps"] = AlignPSBranch(cfg, shape)
+        ret = super().from_config(cfg)  # NAE's: backbone, RPN on C4, NAE ROI heads
+        ret["alignps"] = AlignPSBranch(cfg, ret["backbone"].output_shape())
         ret["embedding"] = _check_embedding(cfg)
         return ret
 

@@ -36,6 +36,7 @@ __all__ = [
     "read_image_sizes",
     "load_attribute_file",
     "attach_attributes",
+    "split_records",
     "ATTRIBUTE_FILE",
 ]
 
@@ -380,3 +381,26 @@ def attach_attributes(records: Iterable[Dict[str, Any]], attr: Dict[str, Any], t
                     f"of image {r['image_name']} (closest listed box {cands[j][0].tolist()})"
                 )
             a["attributes"] = list(cands[j][1])
+
+
+def split_records(index: Dict[str, Any], split: str, dataset: str, root: str) -> List[Dict[str, Any]]:
+    """Deep copies of one split's image records from a parsed ``index`` ("test" = gallery then query),
+    with ``bbox_mode`` set and, when ``root`` has :data:`ATTRIBUTE_FILE`, each annotation's attributes.
+
+    Raises ValueError naming ``dataset`` for an unknown split.
+    """
+    import copy
+
+    from detectron2.structures import BoxMode
+
+    if split not in ("train", "gallery", "query", "test"):
+        raise ValueError(f"{dataset} split {split!r}: expected 'train', 'gallery', 'query' or 'test'")
+    parts = ["gallery", "query"] if split == "test" else [split]
+    records = copy.deepcopy([r for p in parts for r in index[p]])
+    for r in records:
+        for a in r["annotations"]:
+            a["bbox_mode"] = BoxMode.XYXY_ABS
+    attr = load_attribute_file(root)
+    if attr is not None:
+        attach_attributes(records, attr)
+    return records

@@ -31,9 +31,7 @@ from ..protocol import GalleryImage, SearchProtocol, SearchQuery
 from .common import (
     DatasetFormatError,
     DatasetNotFoundError,
-    attach_attributes,
     cached_parse,
-    load_attribute_file,
     load_mat,
     mat_box,
     mat_field,
@@ -42,6 +40,7 @@ from .common import (
     mat_structs,
     read_image_sizes,
     require_file,
+    split_records,
 )
 
 logger = logging.getLogger(__name__)
@@ -384,13 +383,6 @@ def _index(root):
     return index
 
 
-def _with_attributes(root, records):
-    attr = load_attribute_file(root)
-    if attr is not None:
-        attach_attributes(records, attr)
-    return records
-
-
 def load_cuhk_sysu(root: str, split: str) -> List[Dict]:
     """Detectron2 dataset dicts of one CUHK-SYSU split (see docs/DESIGN.md "Datasets").
 
@@ -400,17 +392,9 @@ def load_cuhk_sysu(root: str, split: str) -> List[Dict]:
     Returns:
         list of image records; train ``person_id`` in 0..K-1 (K = Train.mat identities), -1 unlabeled.
     """
-    from detectron2.structures import BoxMode
-
-    if split not in ("train", "gallery", "query", "test"):
+    if split not in ("train", "gallery", "query", "test"):  # before parsing anything
         raise ValueError(f"CUHK-SYSU split {split!r}: expected 'train', 'gallery', 'query' or 'test'")
-    index = _index(root)
-    parts = ["gallery", "query"] if split == "test" else [split]
-    records = copy.deepcopy([r for p in parts for r in index[p]])
-    for r in records:
-        for a in r["annotations"]:
-            a["bbox_mode"] = BoxMode.XYXY_ABS
-    return _with_attributes(root, records)
+    return split_records(_index(root), split, "CUHK-SYSU", root)
 
 
 def cuhk_sysu_num_train_pids(root: str) -> int:

@@ -30,13 +30,12 @@ from ..protocol import GalleryImage, SearchProtocol, SearchQuery
 from .common import (
     DatasetFormatError,
     DatasetNotFoundError,
-    attach_attributes,
     cached_parse,
-    load_attribute_file,
     load_mat,
     mat_str_list,
     read_image_sizes,
     require_file,
+    split_records,
 )
 
 logger = logging.getLogger(__name__)
@@ -214,20 +213,9 @@ def _index(root):
 
 def load_prw(root: str, split: str) -> List[Dict]:
     """Detectron2 dataset dicts of one PRW split: "train", "gallery", "query" or "test" (= gallery + query)."""
-    from detectron2.structures import BoxMode
-
-    if split not in ("train", "gallery", "query", "test"):
+    if split not in ("train", "gallery", "query", "test"):  # before parsing anything
         raise ValueError(f"PRW split {split!r}: expected 'train', 'gallery', 'query' or 'test'")
-    index = _index(root)
-    parts = ["gallery", "query"] if split == "test" else [split]
-    records = copy.deepcopy([r for p in parts for r in index[p]])
-    for r in records:
-        for a in r["annotations"]:
-            a["bbox_mode"] = BoxMode.XYXY_ABS
-    attr = load_attribute_file(root)
-    if attr is not None:
-        attach_attributes(records, attr)
-    return records
+    return split_records(_index(root), split, "PRW", root)
 
 
 def prw_num_train_pids(root: str) -> int:
