@@ -303,6 +303,8 @@ def run_pipeline(settings: PipelineSettings) -> Dict:
     """Run the seven stages and return the metrics dict written to ``<output>/metrics.json``."""
     from detectron2.utils.logger import setup_logger
 
+    from galw_d2.engine import unwrap_galw
+
     s = settings.resolved()
     out = os.path.abspath(s.output)
     os.makedirs(out, exist_ok=True)
@@ -319,7 +321,7 @@ def run_pipeline(settings: PipelineSettings) -> Dict:
     cfg1 = build_cfg(s, data, 1, os.path.join(out, "phase1"))
     save_cfg(cfg1, os.path.join(out, "configs", "phase1.yaml"))
     trainer1 = _trainer(cfg1, "phase 1")
-    model_init = copy.deepcopy(_unwrap(trainer1.model).state_dict())
+    model_init = copy.deepcopy(unwrap_galw(trainer1.model).state_dict())
     torch.save({"model": model_init}, os.path.join(out, "model_init.pth"))
     res_init = evaluate_model(cfg1, trainer1.model, test_name, os.path.join(out, "eval", "random_init"),
                               "eval random-init", save_results=True)
@@ -347,7 +349,7 @@ def run_pipeline(settings: PipelineSettings) -> Dict:
     cfg2 = build_cfg(s, data, 2, os.path.join(out, "phase2"), groups=groups)
     save_cfg(cfg2, os.path.join(out, "configs", "phase2.yaml"))
     trainer2 = _trainer(cfg2, "phase 2")
-    same_init = _same_weights(_unwrap(trainer2.model).state_dict(), model_init)
+    same_init = _same_weights(unwrap_galw(trainer2.model).state_dict(), model_init)
     trainer2.resume_or_load(resume=s.resume)
     trainer2.train()
     model2 = trainer2.model
@@ -382,10 +384,6 @@ def run_pipeline(settings: PipelineSettings) -> Dict:
     write_report(metrics, os.path.join(out, "report.md"))
     print_summary(metrics)
     return metrics
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def _same_weights(a: Dict, b: Dict) -> bool:

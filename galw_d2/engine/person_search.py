@@ -10,11 +10,9 @@ projects subclass ``DefaultTrainer``:
   returns ``{"search": {...}, "detection": {...}}`` so detectron2's printing and ``EvalHook`` work.
 * ``build_hooks``: adds a :class:`detectron2.engine.hooks.BestCheckpointer` on ``search/mAP`` when
   periodic evaluation is on, and an optional tqdm progress bar (:class:`ProgressBar`).
-* ``state_dict`` / ``load_state_dict``: the inner trainer's state (the optimizer) goes into every
-  checkpoint. detectron2 v0.6's ``DefaultTrainer`` saves only the iteration and the hooks' state
-  (the LR scheduler), so a resumed run restarted SGD momentum from zero; upstream main saves it.
-  We save it on both (feature-detected: nothing is added when the parent already does it), so
-  ``--resume`` continues exactly.
+
+Exact resume (the optimizer state in every checkpoint, which detectron2 v0.6 leaves out) comes
+from :class:`~galw_d2.engine.trainer.GALWTrainer`.
 """
 import logging
 import os
@@ -22,20 +20,14 @@ import time
 from typing import Optional
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-try:  # the GALW trainer (weighting, gradient probes, apply_pending_updates after each step)
-    from galw_d2.engine.trainer import GALWTrainer as _BaseTrainer
-except ImportError:  # pragma: no cover - a checkout without the GALW part: plain detectron2 training
-    _BaseTrainer = DefaultTrainer
+from galw_d2.engine.trainer import GALWTrainer
 
-__all__ = ["PersonSearchTrainer", "ProgressBar", "BASE_TRAINER"]
+__all__ = ["PersonSearchTrainer", "ProgressBar"]
 
 logger = logging.getLogger(__name__)
-
-#: The class :class:`PersonSearchTrainer` derives from (the GALW trainer when it is installed).
-BASE_TRAINER = _BaseTrainer
 
 
 class ProgressBar(HookBase):
@@ -79,7 +71,7 @@ class ProgressBar(HookBase):
             self._bar = None
 
 
-class PersonSearchTrainer(_BaseTrainer):
+class PersonSearchTrainer(GALWTrainer):
     """GALW trainer with person-search data loading, evaluation and exact resume.
 
     Config: everything of the parent (``cfg.GALW.*``, ``cfg.SOLVER.*``), plus ``cfg.DATASETS.TEST``:
@@ -116,7 +108,8 @@ class PersonSearchTrainer(_BaseTrainer):
 
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_person_search_evaluator(PersonSearchEvaluator, cfg, dataset_name, output_folder, **kwargs)
+        return PersonSearchEvaluator(dataset_name, cfg=cfg, output_dir=output_folder,
+                                     distributed=comm.get_world_size() > 1, **kwargs)
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -127,36 +120,3 @@ class PersonSearchTrainer(_BaseTrainer):
             # reads the latest "search/mAP" scalar that EvalHook put into the storage.
             ret.append(hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, "search/mAP", "max"))
         return ret
-
-    # -- exact resume -------------------------------------------------------------------------
-    def state_dict(self):
-        ret = super().state_dict()
-        if "_trainer" not in ret and "optimizer" not in ret:
-            ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:  # loading twice (when the parent also did) is idempotent
-            self._trainer.load_state_dict(state_dict["_trainer"])
-
-
-def build_person_search_evaluator(evaluator_cls, cfg, dataset_name, output_folder, **extra):
-    """Construct ``evaluator_cls`` from ``cfg``, passing only the arguments its signature accepts.
-
-    The evaluator reads its own settings (``cfg.TEST.PERSON_SEARCH.*``); the common ones are handed
-    over by name when the constructor takes them (``cfg``, ``output_dir``, ``distributed``).
-    """
-    import inspect
-
-    params = inspect.signature(evaluator_cls.__init__).parameters
-    kwargs = {}
-    if "cfg" in params:
-        kwargs["cfg"] = cfg
-    for key in ("output_dir", "output_folder"):
-        if key in params:
-            kwargs[key] = output_folder
-    if "distributed" in params:
-        kwargs["distributed"] = comm.get_world_size() > 1
-    kwargs.update(extra)
-    return evaluator_cls(dataset_name, **kwargs)

@@ -88,28 +88,24 @@ def iou_threshold(w, h):
     return np.minimum(0.5, (w * h) / ((w + 10.0) * (h + 10.0)))
 
 
-def box_iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of (N, 4) and (N, 4) XYXY boxes (no +1), (N,) float64; 0 for empty unions."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of (N, 4) with every box of (M, 4), XYXY, no +1: (N, M) float64."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(1, -1, 4)
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of XYXY boxes along the last axis, broadcasting the leading ones (no +1); 0 for empty unions."""
     iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = iw * ih
     union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def box_iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of (N, 4) and (N, 4) XYXY boxes (no +1), (N,) float64; 0 for empty unions."""
+    return _iou(np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4))
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of (N, 4) with every box of (M, 4), XYXY, no +1: (N, M) float64."""
+    return _iou(np.asarray(a, dtype=np.float64).reshape(-1, 1, 4), np.asarray(b, dtype=np.float64).reshape(1, -1, 4))
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
