@@ -12,11 +12,9 @@ A *sample* is a dict ``{"file_name": str, "box": [x1, y1, x2, y2] or None (whole
   ``# attributes: name_1 ... name_A`` names the attributes (else ``attr_0..``). Blank lines and other
   ``#`` lines are skipped.
 - **SynthPS**: ``<root>/synthps_attributes.json`` (the SynthPS ground truth, format in docs/DESIGN.md)
-  cropped from the images of one split of the person-search layout: CUHK-SYSU layout - test images
-  = ``annotation/pool.mat``, train = the other images of ``annotation/Images.mat``'s set, files in
-  ``Image/SSM``; PRW layout - ``frame_{train,test}.mat``, files in ``frames``.
+  cropped from the images of one split of the person-search layout, as the dataset loaders read it
+  (:func:`galw_d2.data.datasets.load_cuhk_sysu` / ``load_prw``: train, and gallery = test).
 """
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,25 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from galw_d2.data.datasets.common import mat_str_list
+
 __all__ = ["load_pa100k", "load_attribute_list", "write_attribute_list", "load_synthps_attributes",
            "load_synthps_crops", "synthps_split_images", "load_attribute_samples", "CropDataset",
            "samples_to_targets"]
-
-
-def _mat_str(x) -> str:
-    """A MATLAB char array / cell entry read by scipy.io.loadmat -> str."""
-    while isinstance(x, np.ndarray) and x.dtype == object and x.size == 1:
-        x = x.reshape(-1)[0]
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind in "US":
-            return "".join(str(c) for c in x.reshape(-1))
-        if x.size == 1:
-            return str(x.reshape(-1)[0])
-    return str(x)
-
-
-def _mat_str_list(x) -> List[str]:
-    return [_mat_str(e) for e in np.asarray(x, dtype=object).reshape(-1)]
 
 
 def load_pa100k(root: str, split: str = "train", image_dir: str = "") -> Tuple[List[dict], List[str]]:
@@ -55,7 +39,7 @@ def load_pa100k(root: str, split: str = "train", image_dir: str = "") -> Tuple[L
     mat = loadmat(path)
     if "attributes" not in mat:
         raise ValueError(f"{path}: no key 'attributes' (keys: {sorted(k for k in mat if not k.startswith('__'))})")
-    names = _mat_str_list(mat["attributes"])
+    names = mat_str_list(mat["attributes"], f"{path}: attributes")
     if not image_dir:
         cands = [os.path.join(root, "data"), os.path.join(root, "release_data", "release_data"), root]
         image_dir = next((c for c in cands if os.path.isdir(c)), cands[0])
@@ -64,7 +48,7 @@ def load_pa100k(root: str, split: str = "train", image_dir: str = "") -> Tuple[L
         kn, kl = f"{sp}_images_name", f"{sp}_label"
         if kn not in mat or kl not in mat:
             raise ValueError(f"{path}: split {sp!r} needs keys {kn!r} and {kl!r}")
-        files = _mat_str_list(mat[kn])
+        files = mat_str_list(mat[kn], f"{path}: {kn}")
         labels = np.asarray(mat[kl])
         if labels.shape != (len(files), len(names)):
             raise ValueError(f"{path}: {kl} has shape {labels.shape}, expected ({len(files)}, {len(names)}) "
@@ -127,54 +111,32 @@ def write_attribute_list(path: str, samples: Sequence[dict], attribute_names: Se
 
 
 def load_synthps_attributes(root: str) -> Tuple[List[str], List[dict]]:
-    """(attribute_names, persons) of ``<root>/synthps_attributes.json``, validated."""
-    path = os.path.join(root, "synthps_attributes.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SynthPS attribute file {path!r} not found (generate the root with "
-                                "tools/make_synthps.py)")
-    with open(path) as f:
-        obj = json.load(f)
-    for k in ("attribute_names", "persons"):
-        if k not in obj:
-            raise ValueError(f"{path}: missing key {k!r}")
-    names = list(obj["attribute_names"])
-    for i, p in enumerate(obj["persons"]):
-        if len(p.get("attributes", [])) != len(names) or len(p.get("box", [])) != 4 or "image" not in p:
-            raise ValueError(f"{path}: persons[{i}] needs 'image', a 4-number 'box' and {len(names)} attributes, got {p}")
-    return names, obj["persons"]
+    """(attribute_names, persons) of ``<root>/synthps_attributes.json``, validated by the dataset
+    loaders' parser (:func:`galw_d2.data.datasets.common.load_attribute_file`); persons as
+    ``{"image", "box" (XYXY floats), "attributes"}``."""
+    from galw_d2.data.datasets.common import ATTRIBUTE_FILE, load_attribute_file
+
+    attr = load_attribute_file(root)
+    if attr is None:
+        raise FileNotFoundError(f"SynthPS attribute file {os.path.join(root, ATTRIBUTE_FILE)!r} not found "
+                                "(generate the root with tools/make_synthps.py)")
+    persons = [{"image": image, "box": [float(v) for v in box], "attributes": labels}
+               for image, entries in attr["persons"].items() for box, labels in entries]
+    return attr["attribute_names"], persons
 
 
 def synthps_split_images(root: str, fmt: str) -> Dict[str, List[str]]:
-    """{"train": [...], "test": [...]} bare image names of a SynthPS root in layout ``fmt``, and the
-    image folder under "image_dir" (a one-element list)."""
-    from scipy.io import loadmat
+    """{"train": [...], "test": [...]} bare image names of a SynthPS root in layout ``fmt`` (train and
+    gallery splits of the real loaders), and the image folder under "image_dir" (a one-element list)."""
+    from galw_d2.data.datasets import load_cuhk_sysu, load_prw
 
-    if fmt == "cuhk_sysu":
-        image_dir = os.path.join(root, "Image", "SSM")
-        pool_p = os.path.join(root, "annotation", "pool.mat")
-        imgs_p = os.path.join(root, "annotation", "Images.mat")
-        for p in (pool_p, imgs_p):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"CUHK-SYSU layout file {p!r} not found")
-        test = _mat_str_list(loadmat(pool_p)["pool"])
-        img = loadmat(imgs_p)["Img"].reshape(-1)
-        alln = [_mat_str(e["imname"]) for e in img]
-        tset = set(test)
-        train = [n for n in alln if n not in tset]
-    elif fmt == "prw":
-        image_dir = os.path.join(root, "frames")
-        out = {}
-        for sp in ("train", "test"):
-            p = os.path.join(root, f"frame_{sp}.mat")
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"PRW layout file {p!r} not found")
-            key = f"img_index_{sp}"
-            names = _mat_str_list(loadmat(p)[key])
-            out[sp] = [n if n.endswith(".jpg") else n + ".jpg" for n in names]
-        train, test = out["train"], out["test"]
-    else:
+    loaders = {"cuhk_sysu": (load_cuhk_sysu, ("Image", "SSM")), "prw": (load_prw, ("frames",))}
+    if fmt not in loaders:
         raise ValueError(f"SynthPS format must be 'cuhk_sysu' or 'prw', got {fmt!r}")
-    return {"train": train, "test": test, "image_dir": [image_dir]}
+    load, image_dir = loaders[fmt]
+    return {"train": [r["image_name"] for r in load(root, "train")],
+            "test": [r["image_name"] for r in load(root, "gallery")],
+            "image_dir": [os.path.join(root, *image_dir)]}
 
 
 def load_synthps_crops(root: str, split: str, fmt: str = "cuhk_sysu") -> Tuple[List[dict], List[str]]:
