@@ -13,6 +13,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["galw_d2", "galw_d2.*"]),
+    # configs/ reaches the package as galw_d2/configs (a link in the source tree): galw_d2.model_zoo
+    package_data={"galw_d2": ["configs/*.yaml", "configs/*/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",

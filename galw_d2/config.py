@@ -6,7 +6,6 @@ Keys added here exist in detectron2 v0.6 and upstream main alike (no version-spe
 """
 from detectron2.config import CfgNode as CN
 
-from .tasks import TASKS
 
 __all__ = [
     "add_galw_config",
@@ -43,12 +42,6 @@ def add_person_search_config(cfg: CN) -> None:
     # Number of labeled training identities = rows of the OIM lookup tables (CUHK-SYSU 5532, PRW 483).
     # 0 = take it from the training dataset's metadata (``num_train_pids``).
     _C.MODEL.PERSON_SEARCH.NUM_PIDS = 0
-    # Fixed per-task loss weights, "loss_name:weight" strings (a list keeps the key v0.6-yacs friendly).
-    # Names are those of galw_d2/tasks.py; a task not listed keeps its original weight from that table
-    # (t3 = 10). The model multiplies each raw loss by its weight before returning the dict.
-    # Only with GALW.STRATEGY "fixed": the adaptive strategies (ulwf, rulwf, galw) weight the original
-    # UNWEIGHTED task losses (the paper's L_ori_i, Eq. 4-5), so the model then returns raw losses.
-    _C.MODEL.PERSON_SEARCH.LOSS_WEIGHTS = [f"{t.name}:{t.weight:g}" for t in TASKS]
     # Test-time embedding of the ROI-AlignPS* model: "alignps" (P3 feature, 256-d), "nae" (NAE
     # re-embedding of the AlignPS boxes, 256-d) or "concat" (both L2-normalised, concatenated,
     # renormalised: 512-d). NAE-only / AlignPS-only models ignore it.
@@ -134,8 +127,10 @@ def add_loss_weighting_config(cfg: CN) -> None:
     """GALW loss-weighting, gradient-recording and grouping keys."""
     _C = cfg
     _C.GALW = CN()
-    # Loss weighting strategy: "fixed" (per-task weights), "ulwf" (Kendall et al.), "rulwf" (Eq. 5),
-    # "galw" (grouped RULWF, Eq. 9). Used by galw_d2.engine.GALWTrainer (docs/galw.md).
+    # Loss weighting strategy, a name of galw_d2.galw.WEIGHTING_REGISTRY: "fixed" (per-task weights),
+    # "ulwf" (Kendall et al.), "rulwf" (Eq. 5), "galw" (grouped RULWF, Eq. 9), "ulwf_grouped" (Table 3's
+    # ULWF + grouping), and every method registered later (docs/galw.md). Models always return their
+    # UNWEIGHTED task losses (the paper's L_ori_i); the strategy alone weights them.
     _C.GALW.STRATEGY = "fixed"
     # Loss names that get a learned log sigma (ulwf/rulwf). [] = every task of galw_d2/tasks.py (galw:
     # the names in GROUPS). A loss of the model missing here is an error naming it.
@@ -147,8 +142,13 @@ def add_loss_weighting_config(cfg: CN) -> None:
     _C.GALW.DEFAULT_KIND = "cls"
     # Per-loss kind overrides, "name=cls" / "name=reg" strings (e.g. ["loss_box_reg=reg"]).
     _C.GALW.TASK_KINDS = []
-    # Strategy "fixed": per-loss weights as "name=weight" strings; unlisted losses get weight 1.
-    # (galw_d2 models already apply MODEL.PERSON_SEARCH.LOSS_WEIGHTS, so [] = the plain sum.)
+    # Strategy "fixed": a named row of galw_d2/tasks.py FIXED_WEIGHT_PRESETS (unlisted losses weigh 1):
+    # "table1" (default: Table 1's ROI-AlignPS* baseline row w = (1,1,10,1,10,10,10,10,10,1), 50.30 mAP),
+    # "table1_w3_1" (49.79), "roi_alignps_code" (public ROI-AlignPS code: t3 = 10 only), "alignps"
+    # (AlignPS alone, all ones: Table 1 row 1), "nae" (NAE's code: all ones), "ones".
+    _C.GALW.FIXED = CN()
+    _C.GALW.FIXED.PRESET = "table1"
+    # Strategy "fixed": per-loss overrides of the preset, "name=weight" strings (e.g. ["loss_triplet=2"]).
     _C.GALW.FIXED_WEIGHTS = []
     # lambda of the regulariser lambda * |sigma - 1| (Eq. 5; the paper: 1). Ignored by "ulwf".
     _C.GALW.LAMBDA = 1.0
@@ -173,9 +173,23 @@ def add_loss_weighting_config(cfg: CN) -> None:
     _C.GALW.RECORD.EPOCH_ITERS = 0
     # Trends file written at the end of training, relative to OUTPUT_DIR (format in docs/galw.md).
     _C.GALW.RECORD.OUTPUT = "gradient_trends.json"
+    # Which loss of task t the probe differentiates (Eq. 6): "raw" = the unweighted L_ori_t (default:
+    # then equal model outputs give equal trends whatever the weighting, and a constant weight c
+    # cannot shift log10|slope| by log10(c) and change the groups); "weighted" = the loss as it enters
+    # the total (w_t L_t under "fixed", L_t / (k sigma^2) under the uncertainty strategies). Recorded
+    # in the trends file. docs/fidelity.md gives the argument.
+    _C.GALW.RECORD.PROBE_LOSS = "raw"
 
     # Task grouping settings (Algorithm 1 lines 7-11), used by online regrouping and the workflow helpers.
     _C.GALW.GROUPING = CN()
+    # A name of galw_d2.galw.GROUPING_REGISTRY: "slope" (the paper's Eq. 7-8 + hierarchical
+    # clustering), "branch", "semantic", "random", "manual".
+    _C.GALW.GROUPING.STRATEGY = "slope"
+    # Strategy "manual": "a,b;c" (loss names or t-indices) or a named preset of galw_d2/galw/grouping.py
+    # GROUP_PRESETS: the paper's Table 4 rows "table4_g2" .. "table4_g6" and Table 5 rows.
+    _C.GALW.GROUPING.MANUAL = ""
+    # Seed of strategy "random".
+    _C.GALW.GROUPING.SEED = 0
     # Number of groups G (the paper's best: 4 for ROI-AlignPS*, 3 for NAE / AlignPS).
     _C.GALW.GROUPING.NUM_GROUPS = 4
     # Slope of Eq. 7: "mean_diff" (the paper) or "lstsq".
@@ -184,6 +198,14 @@ def add_loss_weighting_config(cfg: CN) -> None:
     _C.GALW.GROUPING.LOG_BASE = 10.0
     # scipy linkage method of the hierarchical clustering.
     _C.GALW.GROUPING.LINKAGE = "average"
+
+    # The two-phase workflow (Algorithm 1): the weighting strategy of the first (recording) training.
+    # Default "fixed" (the Table 1 baseline): the paper's Fig. 3, whose trends GALW groups by, is titled
+    # "Gradient magnitudes of different sub-tasks in ROI-AlignPS*", the fixed-weight baseline; the
+    # paper never says the first training uses RULWF (docs/fidelity.md). Every entry point (train_net
+    # workflow, tools/demo.py, tools/ablation.py, galw_d2.galw.workflow) uses this one key.
+    _C.GALW.PHASE1 = CN()
+    _C.GALW.PHASE1.STRATEGY = "fixed"
 
     # Our extension (off by default, not in the paper): start as RULWF with recording on, and after
     # WARMUP_EPOCHS epochs group the tasks from the trends so far and continue with GALW in the same run.

@@ -87,7 +87,7 @@ def test_probing_leaves_gradients_and_state_bit_identical():
     """A real detectron2 model (stock tiny Faster R-CNN, BN in train mode) and a stateful toy loss."""
     from detectron2.utils.events import EventStorage
 
-    from galw_d2.engine.trainer import select_shared_parameters
+    from galw_d2.engine import select_shared_parameters
 
     grads = []
     for probe in (False, True):

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from galw_toy import ExactResumeToyTrainer, ToyTrainer, toy_cfg  # noqa: E402
 
-from galw_d2.engine.trainer import GALWModel, unwrap_galw  # noqa: E402
+from galw_d2.engine import GALWModel, unwrap_galw  # noqa: E402
 from galw_d2.galw.grouping import cluster_slopes, compute_slopes, transform_slopes  # noqa: E402
 
 

@@ -7,8 +7,9 @@ import torch
 from detectron2.config import get_cfg
 
 from galw_d2 import add_galw_config
-from galw_d2.engine.trainer import build_loss_weighting
-from galw_d2.galw.weighting import FixedWeighting, UncertaintyWeighting, build_weighting_from_lists
+from galw_d2.galw.weighting import (WEIGHTING_REGISTRY, FixedWeighting, UncertaintyWeighting,
+                                    build_loss_weighting, build_weighting_from_lists, parse_name_values)
+from galw_d2.tasks import FIXED_WEIGHT_PRESETS, TASKS, fixed_weight_preset
 
 
 def _L(**kw):
@@ -116,3 +117,73 @@ def test_build_from_cfg_kinds_and_defaults():
     cfg.GALW.GROUPS = []
     w = build_loss_weighting(cfg)
     assert len(w.tasks) == 11 and w.lam == 1.0  # default: the task table
+
+
+def test_default_fixed_weights_are_table1_best_row():
+    """Table 1's ROI-AlignPS* baseline row (50.30 / 84.30): w = (1, 1, 10, 1, 10, 10, 10, 10, 10, 1)."""
+    assert [t.weight for t in TASKS[:10]] == [1, 1, 10, 1, 10, 10, 10, 10, 10, 1]
+    cfg = add_galw_config(get_cfg())
+    w = build_loss_weighting(cfg)
+    assert isinstance(w, FixedWeighting) and cfg.GALW.FIXED.PRESET == "table1"
+    assert [w.weight(t.name) for t in TASKS[:10]] == [1, 1, 10, 1, 10, 10, 10, 10, 10, 1]
+    assert w.weight("loss_attr") == 1.0 and w.weight("loss_of_another_model") == 1.0
+    total, _ = w(_L(loss_rpn_cls=1.0, loss_roi_box_reg=0.5, loss_triplet=2.0, loss_cls=3.0))
+    assert total.item() == pytest.approx(1.0 + 10 * 0.5 + 2.0 + 3.0)
+
+
+@pytest.mark.parametrize("preset,row", [
+    ("table1", (1, 1, 10, 1, 10, 10, 10, 10, 10, 1)),
+    ("table1_w3_1", (1, 1, 1, 1, 10, 10, 10, 10, 10, 1)),
+    ("roi_alignps_code", (1, 1, 10, 1, 1, 1, 1, 1, 1, 1)),
+    ("alignps", (1,) * 10), ("nae", (1,) * 10), ("ones", (1,) * 10)])
+def test_fixed_weight_presets(preset, row):
+    assert tuple(fixed_weight_preset(preset)[t.name] for t in TASKS[:10]) == row
+    cfg = add_galw_config(get_cfg())
+    cfg.GALW.FIXED.PRESET = preset
+    cfg.GALW.FIXED_WEIGHTS = ["loss_triplet=3"]  # an override on top of the preset
+    w = build_loss_weighting(cfg)
+    assert tuple(w.weight(t.name) for t in TASKS[:9]) == row[:9] and w.weight("loss_triplet") == 3.0
+
+
+def test_fixed_preset_and_entry_errors():
+    assert set(FIXED_WEIGHT_PRESETS) >= {"table1", "roi_alignps_code", "alignps", "nae"}
+    cfg = add_galw_config(get_cfg())
+    cfg.GALW.FIXED.PRESET = "table9"
+    with pytest.raises(ValueError, match="preset 'table9'.*table1"):
+        build_loss_weighting(cfg)
+    cfg.GALW.FIXED.PRESET = "table1"
+    cfg.GALW.FIXED_WEIGHTS = ["loss_triplet:3"]
+    with pytest.raises(ValueError, match="GALW.FIXED_WEIGHTS.*name=value"):
+        build_loss_weighting(cfg)
+    cfg.GALW.FIXED_WEIGHTS = ["loss_triplet=x"]
+    with pytest.raises(ValueError, match="bad value in 'loss_triplet=x'"):
+        build_loss_weighting(cfg)
+
+
+def test_one_name_value_parser():
+    assert parse_name_values(["a=1", " b = reg "], "K") == {"a": "1", "b": "reg"}
+    assert parse_name_values(["a=1.5"], "K", float) == {"a": 1.5}
+    with pytest.raises(ValueError, match="K: entry '=1' has an empty name"):
+        parse_name_values(["=1"], "K")
+
+
+def test_registry_names_and_unknown_strategy():
+    assert {"fixed", "ulwf", "rulwf", "galw", "ulwf_grouped"} <= set(WEIGHTING_REGISTRY.names())
+    cfg = add_galw_config(get_cfg())
+    cfg.GALW.STRATEGY = "RULWF"  # names are case-insensitive
+    assert build_loss_weighting(cfg).lam == 1.0
+    cfg.GALW.STRATEGY = "nope"
+    with pytest.raises(ValueError, match="unknown strategy 'nope'; registered: .*rulwf"):
+        build_loss_weighting(cfg)
+
+
+def test_ulwf_grouped_is_galw_without_regulariser():
+    cfg = add_galw_config(get_cfg())
+    cfg.GALW.STRATEGY = "ulwf_grouped"
+    with pytest.raises(ValueError, match="needs GALW.GROUPS"):
+        build_loss_weighting(cfg)
+    cfg.GALW.GROUPS = [["loss_rpn_cls", "loss_roi_box_reg"], ["loss_triplet"]]
+    w = build_loss_weighting(cfg)
+    assert w.lam == 0.0 and w.groups == [["loss_rpn_cls", "loss_roi_box_reg"], ["loss_triplet"]]
+    total, _ = w(_L(loss_rpn_cls=1.0, loss_roi_box_reg=4.0, loss_triplet=2.0))
+    assert total.item() == pytest.approx(1.0 + 4.0 / 2 + 2.0)  # sigma = 1: L / k, log sigma = 0

@@ -9,9 +9,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from galw_d2 import add_galw_config
-from galw_d2.modeling import NAEROIHeads, NormAwareEmbedding, OIMMemory, oim_loss, parse_loss_weights
+from galw_d2.modeling import NAEROIHeads, NormAwareEmbedding, OIMMemory, oim_loss
 from galw_d2.modeling.backbone import build_res5_head, resnet_stage_specs
-from galw_d2.tasks import TASKS
 from galw_d2.utils.state import apply_pending_updates
 
 
@@ -60,18 +59,6 @@ def test_norm_aware_embedding_norm_is_the_detection_logit():
     want = (raw.norm(dim=1) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
     assert torch.allclose(logit, want, atol=1e-6)
     assert torch.allclose(emb, raw / raw.norm(dim=1, keepdim=True), atol=1e-6)
-
-
-def test_loss_weights_parse_defaults_and_errors():
-    cfg = add_galw_config(get_cfg())
-    w = parse_loss_weights(cfg.MODEL.PERSON_SEARCH.LOSS_WEIGHTS)
-    assert w == {t.name: t.weight for t in TASKS} and w["loss_roi_box_reg"] == 10.0
-    w = parse_loss_weights(["loss_triplet:0.5"])
-    assert w["loss_triplet"] == 0.5 and w["loss_roi_box_reg"] == 10.0
-    with pytest.raises(ValueError, match="loss_bogus"):
-        parse_loss_weights(["loss_bogus:1"])
-    with pytest.raises(ValueError, match="loss_name:weight"):
-        parse_loss_weights(["loss_triplet=1"])
 
 
 def _tiny_nae_cfg():

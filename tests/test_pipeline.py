@@ -66,7 +66,7 @@ def test_groups_follow_from_the_recorded_trends(demo_out):
         cfg = add_galw_config(get_cfg())
         cfg.merge_from_file(str(demo_out / "configs" / f"phase{phase}.yaml"))
         cfgs[phase] = cfg
-    assert cfgs[1].GALW.STRATEGY == "rulwf" and cfgs[1].GALW.RECORD.ENABLED
+    assert cfgs[1].GALW.STRATEGY == "fixed" and cfgs[1].GALW.RECORD.ENABLED  # GALW.PHASE1.STRATEGY default
     assert cfgs[2].GALW.STRATEGY == "galw" and not cfgs[2].GALW.RECORD.ENABLED
     assert [list(g) for g in cfgs[2].GALW.GROUPS] == again
     assert cfgs[1].SOLVER.MAX_ITER == cfgs[2].SOLVER.MAX_ITER == 4

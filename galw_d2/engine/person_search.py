@@ -22,8 +22,11 @@ from typing import Optional
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
+from tqdm import tqdm
 
-from galw_d2.engine.trainer import GALWTrainer
+from ..data import PersonSearchDatasetMapper
+from ..evaluation import PersonSearchEvaluator
+from .trainer import GALWTrainer
 
 __all__ = ["PersonSearchTrainer", "ProgressBar"]
 
@@ -44,8 +47,6 @@ class ProgressBar(HookBase):
         self._t0 = None
 
     def before_train(self):
-        from tqdm import tqdm
-
         disable = (not comm.is_main_process()) if self._disable is None else self._disable
         self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc=self._desc,
                          disable=disable, dynamic_ncols=True, mininterval=1.0)
@@ -85,14 +86,10 @@ class PersonSearchTrainer(GALWTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from galw_d2.data import PersonSearchDatasetMapper
-
         return build_detection_train_loader(cfg, mapper=PersonSearchDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from galw_d2.data import PersonSearchDatasetMapper
-
         return build_detection_test_loader(cfg, dataset_name, mapper=PersonSearchDatasetMapper(cfg, is_train=False))
 
     @classmethod
@@ -104,8 +101,6 @@ class PersonSearchTrainer(GALWTrainer):
         it is written when ``cfg.TEST.PERSON_SEARCH.SAVE_RESULTS`` or ``save_results=True``. Other
         ``kwargs`` (``det_thresh``, ``gallery_size``, ...) go to the evaluator.
         """
-        from galw_d2.evaluation import PersonSearchEvaluator
-
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return PersonSearchEvaluator(dataset_name, cfg=cfg, output_dir=output_folder,

@@ -6,9 +6,9 @@ Importing registers ``build_person_search_resnet_backbone`` (BACKBONE_REGISTRY),
 """
 from . import backbone  # noqa: F401  (registers the backbone)
 from .alignps import AlignPSBranch
-from .meta_arch import NAE, AlignPS, PersonSearchBase, ROIAlignPS, parse_loss_weights, resolve_num_pids
+from .meta_arch import NAE, AlignPS, PersonSearchBase, ROIAlignPS, resolve_num_pids
 from .nae import NAEROIHeads, NormAwareEmbedding
 from .oim import OIMMemory, oim_loss
 
 __all__ = ["ROIAlignPS", "NAE", "AlignPS", "PersonSearchBase", "AlignPSBranch", "NAEROIHeads",
-           "NormAwareEmbedding", "OIMMemory", "oim_loss", "parse_loss_weights", "resolve_num_pids"]
+           "NormAwareEmbedding", "OIMMemory", "oim_loss", "resolve_num_pids"]

@@ -1,9 +1,11 @@
 """Person-search meta-architectures: ROI-AlignPS* (both branches), NAE alone, AlignPS alone.
 
 :class:`PersonSearchBase` holds what the three share: image normalisation and padding, the backbone,
-the per-task fixed loss weights (``MODEL.PERSON_SEARCH.LOSS_WEIGHTS``), the optional attribute branch
+the optional attribute branch
 (t11), the query path (``embed_boxes`` in original pixels -> ``box_embeddings``) and the rescaling of
-outputs to the original image size. Subclasses only say how the branches produce raw losses,
+outputs to the original image size. The training forward returns every task's UNWEIGHTED loss (the
+paper's L_ori_i): weighting, fixed or learned, is the loss-weighting method's job
+(galw_d2.galw.weighting). Subclasses only say how the branches produce raw losses,
 detections and box embeddings. Contract: docs/DESIGN.md (Models).
 """
 import logging
@@ -20,46 +22,11 @@ from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
-from ..tasks import TASKS_BY_NAME
 from .alignps import AlignPSBranch
 
-__all__ = ["PersonSearchBase", "ROIAlignPS", "NAE", "AlignPS", "parse_loss_weights", "loss_weights_for",
-           "resolve_num_pids"]
+__all__ = ["PersonSearchBase", "ROIAlignPS", "NAE", "AlignPS", "resolve_num_pids"]
 
 EMBEDDING_CHOICES = ("alignps", "nae", "concat")
-
-
-def parse_loss_weights(entries) -> Dict[str, float]:
-    """``["loss_roi_box_reg:10", ...]`` -> {name: weight}; tasks not listed keep their table weight.
-
-    Raises ValueError naming ``MODEL.PERSON_SEARCH.LOSS_WEIGHTS`` and the bad entry.
-    """
-    weights = {name: t.weight for name, t in TASKS_BY_NAME.items()}
-    for e in entries:
-        name, sep, value = str(e).partition(":")
-        name = name.strip()
-        try:
-            w = float(value)
-        except ValueError:
-            w = None
-        if not sep or w is None:
-            raise ValueError(f"MODEL.PERSON_SEARCH.LOSS_WEIGHTS: entry {e!r} is not 'loss_name:weight'")
-        if name not in TASKS_BY_NAME:
-            raise ValueError(f"MODEL.PERSON_SEARCH.LOSS_WEIGHTS: unknown loss {name!r}; "
-                             f"known: {sorted(TASKS_BY_NAME)} (galw_d2/tasks.py)")
-        weights[name] = w
-    return weights
-
-
-def loss_weights_for(cfg) -> Dict[str, float]:
-    """The fixed per-task weights the model applies: ``MODEL.PERSON_SEARCH.LOSS_WEIGHTS`` under
-    ``GALW.STRATEGY`` "fixed", all 1 under the adaptive strategies, which learn the weights of the
-    original unweighted losses (GALW Eq. 4-5: L_ori_i / (k_i sigma_i^2)); the entries are validated
-    either way."""
-    weights = parse_loss_weights(cfg.MODEL.PERSON_SEARCH.LOSS_WEIGHTS)
-    if str(cfg.GALW.STRATEGY) != "fixed":
-        weights = {name: 1.0 for name in weights}
-    return weights
 
 
 def resolve_num_pids(cfg):
@@ -85,13 +52,12 @@ class PersonSearchBase(nn.Module):
     :meth:`raw_losses` and :meth:`detect_and_embed`."""
 
     @configurable
-    def __init__(self, *, backbone: nn.Module, pixel_mean, pixel_std, loss_weights: Dict[str, float],
+    def __init__(self, *, backbone: nn.Module, pixel_mean, pixel_std,
                  size_divisibility: int, attribute_branch: Optional[nn.Module] = None):
         super().__init__()
         self.backbone = backbone
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-        self.loss_weights = dict(loss_weights)
         self.size_divisibility = max(int(size_divisibility), int(getattr(backbone, "size_divisibility", 0)))
         self.attribute_branch = attribute_branch
 
@@ -112,7 +78,6 @@ class PersonSearchBase(nn.Module):
             "backbone": backbone,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "loss_weights": loss_weights_for(cfg),
             "size_divisibility": cfg.MODEL.PERSON_SEARCH.SIZE_DIVISIBILITY,
             "attribute_branch": attribute_branch,
         }
@@ -138,10 +103,6 @@ class PersonSearchBase(nn.Module):
         images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def weight_losses(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Multiply each task's raw loss by its fixed weight (names not in the table keep weight 1)."""
-        return {k: v * self.loss_weights.get(k, 1.0) for k, v in raw.items()}
-
     def forward(self, batched_inputs: List[Dict]):
         """Args:
             batched_inputs: detectron2 dicts with ``image`` (CHW, cfg.INPUT.FORMAT); training: ``instances``
@@ -165,7 +126,7 @@ class PersonSearchBase(nn.Module):
             raw, sampled = self.raw_losses(images, features, gt)
             if self.attribute_branch is not None:
                 raw.update(self.attribute_branch(features, sampled))
-            return self.weight_losses(raw)
+            return raw
         return self.inference(batched_inputs, images, features)
 
     @torch.no_grad()

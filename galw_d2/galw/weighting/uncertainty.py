@@ -1,23 +1,22 @@
-"""Loss weighting strategies of GALW (SPEC §3, paper Eq. 5 and Eq. 9). Pure torch, no detectron2.
+"""(Grouped, regularised) uncertainty weighting: ULWF, RULWF and GALW (SPEC §3, Eq. 5 and Eq. 9).
 
-One class covers the three learned strategies: every task i belongs to one *slot* g(i), each slot has
-a learned ``s_g = log sigma_g`` (init 0), and
+One class covers the learned strategies: every task i belongs to one *slot* g(i), each slot has a
+learned ``s_g = log sigma_g`` (init 0), and
 
     total = sum_g [ exp(-2 s_g) * sum_{i in g} L_i / k_i  +  s_g  +  lambda * |exp(s_g) - 1| ]
 
-- ULWF (Kendall et al. 2018): one slot per task, lambda = 0.
-- RULWF (Eq. 5): one slot per task, lambda = 1 (the paper's |sigma - 1| regulariser).
-- GALW (Eq. 9): one slot per group; each task keeps its own k (1 = cls, 2 = reg).
+- ``ulwf`` (Kendall et al. 2018): one slot per task, lambda = 0.
+- ``rulwf`` (Eq. 5): one slot per task, lambda = GALW.LAMBDA (the paper: 1, the |sigma - 1| regulariser).
+- ``galw`` (Eq. 9): one slot per group of GALW.GROUPS, lambda = GALW.LAMBDA; each task keeps its k.
+- ``ulwf_grouped`` (Table 3's "ULWF + task grouping"): one slot per group, lambda = 0.
 
 ``exp(-2 s) = 1 / sigma^2`` and ``s = log sigma``, so this is Eq. 5 in a numerically safe form; the
 total can be negative (``s`` < 0 when a loss is small). Slots whose tasks are all absent from a step's
 loss dict contribute ``0 * s_g`` so that every parameter stays in the graph (DistributedDataParallel
 with ``find_unused_parameters=False`` needs that) but is not moved.
 
-:class:`FixedWeighting` (the baseline) multiplies each loss by a constant weight (default 1).
-
-Both return ``(total, info)`` where ``info`` holds detached per-task/per-slot sigma and effective
-weights for logging (never put them into the loss dict).
+``forward`` returns ``(total, info)`` where ``info`` holds detached per-task/per-slot sigma and
+effective weights for logging (never put them into the loss dict).
 """
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -25,34 +24,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["FixedWeighting", "UncertaintyWeighting", "build_weighting_from_lists", "STRATEGIES"]
+from ...tasks import TASK_KIND_K
+from .base import WEIGHTING_REGISTRY, LossWeighting, build_loss_weighting, task_divisors, weighting_tasks
 
-STRATEGIES = ("fixed", "ulwf", "rulwf", "galw")
-
-
-class FixedWeighting(nn.Module):
-    """``total = sum_i w_i * L_i``; tasks without an entry in ``weights`` get ``default_weight``."""
-
-    def __init__(self, weights: Optional[Mapping[str, float]] = None, default_weight: float = 1.0):
-        super().__init__()
-        self.weights = dict(weights or {})
-        self.default_weight = float(default_weight)
-
-    def weight(self, name: str) -> float:
-        return float(self.weights.get(name, self.default_weight))
-
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
-        if not losses:
-            raise ValueError("FixedWeighting: empty loss dict")
-        total = sum(self.weight(k) * v for k, v in losses.items())
-        info = {f"galw/weight/{k}": self.weight(k) for k in losses}
-        return total, info
-
-    def extra_repr(self) -> str:
-        return f"weights={self.weights}, default_weight={self.default_weight}"
+__all__ = ["UncertaintyWeighting", "ULWF", "RULWF", "GALW", "ULWFGrouped", "build_weighting_from_lists"]
 
 
-class UncertaintyWeighting(nn.Module):
+class UncertaintyWeighting(LossWeighting):
     """Learned (grouped) uncertainty weighting: ULWF, RULWF or GALW.
 
     Args:
@@ -81,10 +59,9 @@ class UncertaintyWeighting(nn.Module):
         clamp: Optional[Tuple[float, float]] = None,
         num_slots: Optional[int] = None,
     ):
-        super().__init__()
-        self.tasks = list(tasks)
-        if len(set(self.tasks)) != len(self.tasks) or not self.tasks:
-            raise ValueError(f"UncertaintyWeighting: tasks must be non-empty and unique, got {self.tasks}")
+        super().__init__(tasks)
+        if not self.tasks:
+            raise ValueError("UncertaintyWeighting: tasks must be non-empty")
         if len(k) != len(self.tasks):
             raise ValueError(f"UncertaintyWeighting: {len(k)} k values for {len(self.tasks)} tasks")
         if any(float(x) <= 0 for x in k):
@@ -165,14 +142,7 @@ class UncertaintyWeighting(nn.Module):
 
         Raises ``KeyError`` naming the loss when ``losses`` holds a name this weighting does not know.
         """
-        unknown = [n for n in losses if n not in self.index]
-        if unknown:
-            raise KeyError(
-                f"GALW weighting: loss(es) {unknown} have no weighting parameter; known tasks {self.tasks}. "
-                "List every loss name of the model in GALW.TASKS (or GALW.GROUPS for strategy galw)."
-            )
-        if not losses:
-            raise ValueError("GALW weighting: empty loss dict")
+        self.check_known(losses)
         s = self.log_sigma
         assign = self.assignment.tolist()
         n_slots = s.numel()
@@ -208,21 +178,73 @@ class UncertaintyWeighting(nn.Module):
             info = {k: v for k, v in info.items() if not k.startswith("galw/group")}
         return total, info
 
+    def effective_weights(self, losses: Mapping[str, torch.Tensor]) -> Dict[str, float]:
+        """1 / (k_i sigma_g(i)^2) of each loss (its weight in the total)."""
+        sd = self.log_sigma.detach().cpu().tolist()
+        assign = self.assignment.tolist()
+        return {n: math.exp(-2.0 * sd[assign[self.index[n]]]) / float(self.k[self.index[n]]) for n in losses}
+
+    def after_step(self, losses: Mapping[str, torch.Tensor], iteration: int) -> None:
+        self.clamp_()
+
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}, lam={self.lam}, clamp={self.clamp}, groups={self.groups}"
 
 
-def _parse_pairs(items: Sequence[str], what: str, cast) -> Dict[str, object]:
-    out = {}
-    for it in items:
-        if "=" not in str(it):
-            raise ValueError(f"{what}: entry '{it}' must look like 'loss_name=value'")
-        name, val = str(it).split("=", 1)
-        try:
-            out[name.strip()] = cast(val.strip())
-        except ValueError as e:
-            raise ValueError(f"{what}: bad value in '{it}': {e}") from None
-    return out
+def _uncertainty_args(cfg, tasks: Optional[Sequence[str]], lam: float, grouped: bool) -> dict:
+    """Constructor arguments of the registered uncertainty strategies from ``cfg.GALW``."""
+    g = cfg.GALW
+    name = str(g.STRATEGY)
+    groups = [list(x) for x in g.GROUPS] if len(g.GROUPS) else None
+    if grouped and not groups:
+        raise ValueError(f"GALW.STRATEGY '{name}' needs GALW.GROUPS (lists of task names; see tools/group_tasks.py)")
+    if not grouped and groups:
+        raise ValueError(f"GALW.GROUPS is set but GALW.STRATEGY is '{name}'; use 'galw' or 'ulwf_grouped' for groups")
+    tasks = weighting_tasks(cfg, tasks)
+    clamp = tuple(float(x) for x in g.LOG_SIGMA_CLAMP) if len(g.LOG_SIGMA_CLAMP) else None
+    if clamp is not None and len(clamp) != 2:
+        raise ValueError(f"GALW.LOG_SIGMA_CLAMP must be [] or [lo, hi], got {list(g.LOG_SIGMA_CLAMP)}")
+    online = bool(g.ONLINE_REGROUP.ENABLED)
+    if online and grouped:
+        raise ValueError(f"GALW.ONLINE_REGROUP needs GALW.STRATEGY ulwf or rulwf (start per task), got '{name}'")
+    return {"tasks": tasks, "k": task_divisors(cfg, tasks), "groups": groups, "lam": lam,
+            "init_log_sigma": float(g.INIT_LOG_SIGMA), "clamp": clamp, "num_slots": len(tasks) if online else None}
+
+
+@WEIGHTING_REGISTRY.register("ulwf")
+class ULWF(UncertaintyWeighting):
+    """Kendall et al. (2018): one learned sigma per task, no regulariser."""
+
+    @classmethod
+    def from_config(cls, cfg, tasks=None):
+        return _uncertainty_args(cfg, tasks, lam=0.0, grouped=False)
+
+
+@WEIGHTING_REGISTRY.register("rulwf")
+class RULWF(UncertaintyWeighting):
+    """Eq. 5: one learned sigma per task + lambda |sigma - 1| (lambda = GALW.LAMBDA)."""
+
+    @classmethod
+    def from_config(cls, cfg, tasks=None):
+        return _uncertainty_args(cfg, tasks, lam=float(cfg.GALW.LAMBDA), grouped=False)
+
+
+@WEIGHTING_REGISTRY.register("galw")
+class GALW(UncertaintyWeighting):
+    """Eq. 9: one learned sigma per group of GALW.GROUPS + lambda |sigma - 1|."""
+
+    @classmethod
+    def from_config(cls, cfg, tasks=None):
+        return _uncertainty_args(cfg, tasks, lam=float(cfg.GALW.LAMBDA), grouped=True)
+
+
+@WEIGHTING_REGISTRY.register("ulwf_grouped")
+class ULWFGrouped(UncertaintyWeighting):
+    """Table 3's "ULWF + task grouping": one learned sigma per group, no regulariser."""
+
+    @classmethod
+    def from_config(cls, cfg, tasks=None):
+        return _uncertainty_args(cfg, tasks, lam=0.0, grouped=True)
 
 
 def build_weighting_from_lists(
@@ -234,29 +256,32 @@ def build_weighting_from_lists(
     init_log_sigma: float = 0.0,
     clamp: Optional[Tuple[float, float]] = None,
     fixed_weights: Optional[Mapping[str, float]] = None,
-    num_slots: Optional[int] = None,
-) -> nn.Module:
-    """Build the weighting module of ``strategy`` (one of :data:`STRATEGIES`).
+) -> LossWeighting:
+    """Build a registered strategy from plain lists (for code without a config, e.g. a notebook).
 
-    ``kinds`` maps every task to "cls" (k=1) or "reg" (k=2). ``groups`` is required for "galw".
+    Goes through the same path as the config (:func:`build_loss_weighting` on a config holding these
+    values). ``kinds`` maps every task to "cls" (k=1) or "reg" (k=2); ``fixed_weights`` are the weights
+    of strategy "fixed" (others 1).
     """
-    from ..tasks import TASK_KIND_K
+    # detectron2's CfgNode (via galw_d2.config) only for this convenience path: the weighting modules
+    # themselves import no detectron2, so torch-only code (e.g. torchreid engines) can use them.
+    from detectron2.config import CfgNode
 
-    strategy = str(strategy).lower()
-    if strategy not in STRATEGIES:
-        raise ValueError(f"GALW.STRATEGY: unknown strategy '{strategy}'; expected one of {STRATEGIES}")
-    if strategy == "fixed":
-        return FixedWeighting(fixed_weights)
+    from ...config import add_loss_weighting_config
+
     bad = {t: kinds.get(t) for t in tasks if kinds.get(t) not in TASK_KIND_K}
     if bad:
         raise ValueError(f"GALW task kinds: {bad} (expected one of {sorted(TASK_KIND_K)})")
-    k = [TASK_KIND_K[kinds[t]] for t in tasks]
-    if strategy == "galw":
-        if not groups:
-            raise ValueError("GALW.STRATEGY 'galw' needs GALW.GROUPS (lists of task names; see tools/group_tasks.py)")
-        return UncertaintyWeighting(tasks, k, groups, lam=lam, init_log_sigma=init_log_sigma, clamp=clamp,
-                                    num_slots=num_slots)
-    if groups:
-        raise ValueError(f"GALW.GROUPS is set but GALW.STRATEGY is '{strategy}'; use 'galw' for groups")
-    return UncertaintyWeighting(tasks, k, None, lam=(0.0 if strategy == "ulwf" else lam),
-                                init_log_sigma=init_log_sigma, clamp=clamp, num_slots=num_slots)
+    cfg = CfgNode()
+    add_loss_weighting_config(cfg)
+    g = cfg.GALW
+    g.STRATEGY = str(strategy)
+    g.TASKS = list(tasks)
+    g.TASK_KINDS = [f"{t}={kinds[t]}" for t in tasks]
+    g.GROUPS = [list(x) for x in groups] if groups else []
+    g.LAMBDA = float(lam)
+    g.INIT_LOG_SIGMA = float(init_log_sigma)
+    g.LOG_SIGMA_CLAMP = list(clamp) if clamp is not None else []
+    g.FIXED.PRESET = "ones"
+    g.FIXED_WEIGHTS = [f"{k}={float(v)}" for k, v in (fixed_weights or {}).items()]
+    return build_loss_weighting(cfg, tasks=list(tasks))

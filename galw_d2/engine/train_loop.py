@@ -1,0 +1,147 @@
+"""``GALWStep``: the training step of GALW, a detectron2 ``SimpleTrainer`` subclass.
+
+detectron2's answer to "a different training step" is a ``SimpleTrainer`` subclass installed as the
+``DefaultTrainer``'s ``_trainer`` (as ``AMPTrainer`` is). One iteration here:
+
+1. ``data = next(data iterator)``; forward of the :class:`~galw_d2.engine.galw_model.GALWModel`
+   (under ``torch.autocast`` with AMP): ``{"losses": unweighted task losses, "total", "info"}``;
+2. every loss and the total must be finite, else ``FloatingPointError`` naming the loss and iteration;
+3. on probe iterations, the gradient-trend recorder differentiates each task's probe loss
+   (``GALW.RECORD.PROBE_LOSS``: raw or weighted) w.r.t. the shared parameters with
+   ``torch.autograd.grad(retain_graph=True)`` BEFORE the main backward; ``.grad`` is never touched, so
+   the main gradients are bit-identical to an unprobed step;
+4. ``zero_grad``; the weighting's ``backward`` (default ``total.backward()``; gradient-aggregation
+   methods override it; with a GradScaler the scaled total);
+5. ``after_backward`` hooks (upstream detectron2 only, feature-detected); metrics (the unweighted
+   losses, as detectron2 logs them, plus the weighting's ``info`` scalars and ``galw/weighted_total``);
+6. ``optimizer.step()``; the weighting's ``after_step`` (e.g. the log-sigma clamp); a non-finite
+   learned weight stops training; deferred OIM-table updates (``apply_pending_updates``).
+"""
+import contextlib
+import math
+import time
+from typing import Callable, Dict, Mapping, Optional
+
+import torch
+from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..galw.recorder import GradientTrendRecorder
+from ..galw.weighting import LossWeighting
+from ..utils.state import apply_pending_updates
+from .galw_model import unwrap_galw
+
+__all__ = ["GALWStep", "PROBE_LOSSES"]
+
+PROBE_LOSSES = ("raw", "weighted")
+
+
+class GALWStep(SimpleTrainer):
+    """The GALW training step (see the module docstring).
+
+    Args:
+        model: a ``GALWModel`` (or DDP around one).
+        data_loader, optimizer: as for ``SimpleTrainer``.
+        recorder: the gradient-trend recorder, or ``None``.
+        probe_loss: "raw" (the unweighted task loss) or "weighted" (as it enters the total).
+        recording: called each step; the recorder probes only while it returns True (default: always).
+        amp_dtype: ``None`` (fp32) or the autocast dtype (``torch.bfloat16`` on CPU, ``torch.float16``
+            on CUDA, which also needs ``grad_scaler``).
+        grad_scaler: a ``torch.amp.GradScaler`` for fp16, or ``None``.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, recorder: Optional[GradientTrendRecorder] = None,
+                 probe_loss: str = "raw", recording: Optional[Callable[[], bool]] = None,
+                 amp_dtype: Optional[torch.dtype] = None, grad_scaler=None):
+        super().__init__(model, data_loader, optimizer)
+        if probe_loss not in PROBE_LOSSES:
+            raise ValueError(f"GALW.RECORD.PROBE_LOSS: '{probe_loss}', expected one of {PROBE_LOSSES}")
+        self.recorder = recorder
+        self.probe_loss = probe_loss
+        self.recording = recording or (lambda: True)
+        self.amp_dtype = amp_dtype
+        self.grad_scaler = grad_scaler
+        weighting = unwrap_galw(model).weighting
+        if grad_scaler is not None and type(weighting).backward is not LossWeighting.backward:
+            # a custom backward (gradient aggregation) computes its own gradients from the losses
+            raise ValueError(f"{type(weighting).__name__} computes its own gradients: fp16 AMP with a GradScaler "
+                             "is not supported for it (use bfloat16 or fp32)")
+
+    # ------------------------------------------------------------------ the step
+    def run_step(self):
+        assert self.model.training, "[GALWStep] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with self._autocast():
+            out = self.model(data)
+        losses, total, info = out["losses"], out["total"], out["info"]
+        self._check_finite(losses, total)
+        weighting = unwrap_galw(self.model).weighting
+        if self.recorder is not None and self.recording() and self.recorder.should_probe(self.iter):
+            gam = self.recorder.probe(self.probe_losses(losses, weighting), self.iter)
+            if comm.is_main_process():
+                get_event_storage().put_scalars(**{f"galw/grad/{k}": v for k, v in gam.items()})
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+        else:
+            weighting.backward(total, losses)
+        if hasattr(self, "after_backward"):  # upstream detectron2 hook stage; absent in v0.6
+            self.after_backward()
+        self._write_metrics(losses, data_time)
+        if comm.is_main_process():
+            storage = get_event_storage()
+            storage.put_scalars(**info, smoothing_hint=False)
+            storage.put_scalar("galw/weighted_total", float(total.detach()), smoothing_hint=False)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        weighting.after_step(losses, self.iter)
+        self._check_weighting_finite(weighting)
+        apply_pending_updates(self.model)
+
+    def probe_losses(self, losses: Mapping[str, torch.Tensor], weighting) -> Dict[str, torch.Tensor]:
+        """The losses the recorder differentiates: raw, or each times its current (constant) weight."""
+        if self.probe_loss == "raw":
+            return dict(losses)
+        w = weighting.effective_weights(losses)
+        return {k: v * float(w[k]) for k, v in losses.items()}
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        device = unwrap_galw(self.model).device.type
+        return torch.autocast(device_type=device, dtype=self.amp_dtype)
+
+    def _check_finite(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> None:
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+        if bad or not torch.isfinite(total.detach()).all():
+            what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or f"weighted total = {float(total.detach())}"
+            raise FloatingPointError(
+                f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
+                "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact.")
+
+    def _check_weighting_finite(self, weighting) -> None:
+        for name, p in weighting.named_parameters():
+            if not torch.isfinite(p.detach()).all():
+                vals = [v for v in p.detach().flatten().tolist() if not math.isfinite(v)]
+                raise FloatingPointError(
+                    f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
+                    f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
+                    "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP")
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
