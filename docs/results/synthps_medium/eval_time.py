@@ -7,6 +7,9 @@ random initial weights, and runs galw_d2.pipeline.evaluate_model on <prefix>_tes
 line with the wall time of the evaluation. TORCH_THREADS sets torch's threads (default 1).
 """
 import json, os, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
