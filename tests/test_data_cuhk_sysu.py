@@ -110,7 +110,7 @@ def test_splits_field_by_field(tmp_path, cache, alt, caplog):
     root = make_cuhk(str(tmp_path / "cuhk"), alt=alt)
     with caplog.at_level(logging.WARNING):
         train = load_cuhk_sysu(root, "train")
-    assert "dropped 1 box(es)" in caplog.text and "(1 of them labeled)" in caplog.text
+    assert "dropped 1 box(es)" in caplog.text and "(1 of them labeled" in caplog.text
     assert [r["image_name"] for r in train] == ["s1.jpg", "s2.jpg"]
     r = train[0]
     assert r["file_name"] == os.path.join(root, "Image", "SSM", "s1.jpg")
@@ -208,7 +208,7 @@ def test_cache_hit_invalidation_and_unwritable(tmp_path, cache, monkeypatch):
     first = load_cuhk_sysu(root, "train")
     assert any(f.startswith("cuhk_sysu_index_") for f in os.listdir(cache))
     real = cuhk_mod._build_index
-    monkeypatch.setattr(cuhk_mod, "_build_index", lambda r: pytest.fail("cache miss"))
+    monkeypatch.setattr(cuhk_mod, "_build_index", lambda *a: pytest.fail("cache miss"))
     assert load_cuhk_sysu(root, "train") == first  # in-process memo
     common._MEMO.clear()
     assert load_cuhk_sysu(root, "train") == first  # disk cache
@@ -246,7 +246,7 @@ def test_registration_is_lazy_and_dispatches(tmp_path, cache, monkeypatch):
     root = make_cuhk(str(tmp_path / "cuhk"))
     calls = []
     real = cuhk_mod._build_index
-    monkeypatch.setattr(cuhk_mod, "_build_index", lambda r: calls.append(r) or real(r))
+    monkeypatch.setattr(cuhk_mod, "_build_index", lambda *a: calls.append(a[0]) or real(*a))
     register_cuhk_sysu(root, prefix="t_cuhk")
     register_cuhk_sysu(root, prefix="t_cuhk")  # re-registration replaces
     assert calls == []
@@ -280,3 +280,80 @@ def test_box_claimed_twice_keeps_first_with_warning(tmp_path, cache, caplog):
     assert "1 box(es) claimed by two identities" in caplog.text and "identity 2 (p2)" in caplog.text
     assert [a["person_id"] for a in recs[0]["annotations"]] == [0, -1]
     assert [a["person_id"] for a in recs[1]["annotations"]] == [1, -1]
+
+
+# Fractional and negative boxes (binary-exact fractions): the public loaders truncate x, y, w, h to
+# int32 and then add (x2 = trunc(x) + trunc(w), no clipping); "geometric" adds in floats, clips at 0.
+FRAC_IMAGES = {
+    "s1.jpg": (120, 100, [[10.75, 20.5, 30.5, 59.75], [-1.5, 3, 20, 40], [5, 5, 0.5, 30]]),
+    "s2.jpg": (100, 90, [[0, 0, 40, 80], [60, 20, 30, 50]]),
+    "s3.jpg": (90, 80, [[10, 10, 30, 60], [50, 50, 20, 40]]),
+    "s4.jpg": (80, 80, [[5, 5, 20, 40], [40.5, 10, 30.5, 60]]),
+    "s5.jpg": (70, 60, [[12.25, 8.5, 30.75, 50.5]]),
+    "s6.jpg": (64, 48, [[1, 1, 10, 20]]),
+}
+FRAC_TRAIN = [("p1", [("s1.jpg", [10.75, 20.5, 30.5, 59.75]), ("s2.jpg", [60, 20, 30, 50])]),
+              ("p2", [("s2.jpg", [0, 0, 40, 80]), ("s1.jpg", [-1.5, 3, 20, 40])])]
+FRAC_QUERIES = [("p100", "s3.jpg", [10, 10, 30, 60], [("s4.jpg", [5, 5, 20, 40]), ("s5.jpg", None)]),
+                ("p200", "s5.jpg", [12.25, 8.5, 30.75, 50.5], [("s4.jpg", [40.5, 10, 30.5, 60]), ("s3.jpg", None)])]
+FRAC_EXPECTED = {
+    # s1's 0.5-wide box truncates to width 0: dropped (the reference loaders would keep a degenerate box)
+    "standard": {"s1": [[10, 20, 40, 79], [-1, 3, 19, 43]], "s1_pids": [0, 1], "s4": [[5, 5, 25, 45], [40, 10, 70, 70]],
+                 "query": [12, 8, 42, 58], "dropped": 1},
+    "geometric": {"s1": [[10.75, 20.5, 41.25, 80.25], [0, 3, 18.5, 43], [5, 5, 5.5, 35]], "s1_pids": [0, 1, -1],
+                  "s4": [[5, 5, 25, 45], [40.5, 10, 71, 70]], "query": [12.25, 8.5, 43, 59], "dropped": 0},
+}
+
+
+@pytest.mark.parametrize("convention", ["standard", "geometric"])
+def test_box_conventions_hand_computed(tmp_path, cache, convention, caplog):
+    root = make_cuhk(str(tmp_path / "cuhk"), images=FRAC_IMAGES, train=FRAC_TRAIN, queries=FRAC_QUERIES)
+    want = FRAC_EXPECTED[convention]
+    with caplog.at_level(logging.WARNING):
+        train = load_cuhk_sysu(root, "train", box_convention=convention)
+    assert (f"dropped {want['dropped']} box(es)" in caplog.text) == (want["dropped"] > 0)
+    assert [a["bbox"] for a in train[0]["annotations"]] == want["s1"]
+    assert [a["person_id"] for a in train[0]["annotations"]] == want["s1_pids"]
+    gallery = {r["image_name"]: r for r in load_cuhk_sysu(root, "gallery", box_convention=convention)}
+    assert [a["bbox"] for a in gallery["s4.jpg"]["annotations"]] == want["s4"]
+    assert [a["person_id"] for a in gallery["s4.jpg"]["annotations"]] == [0, 1]
+    query = load_cuhk_sysu(root, "query", box_convention=convention)
+    np.testing.assert_array_equal(query[1]["query_boxes"], [want["query"]])
+    for size in (50, -1):
+        p = load_cuhk_sysu_protocol(root, size, box_convention=convention)
+        np.testing.assert_array_equal(p.queries[1].box, want["query"])
+        assert p.queries[1].pid == 1  # the converted query box is found among its image's boxes
+        np.testing.assert_array_equal(p.gallery["s4.jpg"].boxes, want["s4"])
+    np.testing.assert_array_equal(load_cuhk_sysu_protocol(root, 50, box_convention=convention).queries[1].gallery[0][1],
+                                  want["s4"][1])
+
+
+def test_convert_boxes_rules():
+    xywh = [[-1.5, 2.75, 10.5, 4.25], [3.5, -0.5, 1.0, 2.0]]
+    conv = common.convert_boxes
+    np.testing.assert_array_equal(conv(xywh, "standard", "cuhk_sysu"), [[-1, 2, 9, 6], [3, 0, 4, 2]])
+    np.testing.assert_array_equal(conv(xywh, "standard", "prw_annotation"), [[0, 2, 10, 7], [3, 0, 4, 2]])
+    np.testing.assert_array_equal(conv(xywh, "standard", "prw_query"), [[0, 2, 9, 7], [3, 0, 4, 1]])
+    for rule in common.BOX_RULES:
+        np.testing.assert_array_equal(conv(xywh, "geometric", rule), [[0, 2.75, 9, 7], [3.5, 0, 4.5, 1.5]])
+    assert conv([1.5, 2, 3, 4], "standard", "prw_query").shape == (4,)
+    assert not np.signbit(conv([[-0.5, -0.5, 0.25, 0.25]], "standard", "cuhk_sysu")).any()  # no -0.0
+    with pytest.raises(ValueError, match="box_convention 'int'"):
+        conv(xywh, "int", "cuhk_sysu")
+
+
+def test_registration_keeps_the_convention(tmp_path, cache):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = make_cuhk(str(tmp_path / "cuhk"), images=FRAC_IMAGES, train=FRAC_TRAIN, queries=FRAC_QUERIES)
+    register_cuhk_sysu(root, prefix="t_cuhk_geo", box_convention="geometric")
+    register_cuhk_sysu(root, prefix="t_cuhk_std")
+    assert MetadataCatalog.get("t_cuhk_geo_gallery").box_convention == "geometric"
+    assert MetadataCatalog.get("t_cuhk_std_gallery").box_convention == "standard"
+    for prefix, conv in (("t_cuhk_geo", "geometric"), ("t_cuhk_std", "standard")):
+        want = FRAC_EXPECTED[conv]
+        assert [a["bbox"] for a in DatasetCatalog.get(f"{prefix}_train")[0]["annotations"]] == want["s1"]
+        p = get_search_protocol(f"{prefix}_test", gallery_size=100)
+        np.testing.assert_array_equal(p.queries[1].box, want["query"])
+    with pytest.raises(ValueError, match="box_convention 'float'"):
+        register_synthps(root, "cuhk_sysu", "t_bad", box_convention="float")

@@ -350,6 +350,44 @@ def test_attribute_file_and_registration(synthps_tiny, fmt):
     assert sum(len(r["annotations"]) for r in recs) == sum(len(s.persons) for s in truth.scenes if s.split == "train")
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_both_box_conventions_read_the_same_boxes(synthps_tiny, fmt):
+    """SynthPS writes integer boxes inside the image: "standard" (the default, checked against the truth
+    above) and "geometric" give the same records and protocols, so the writer round-trips under both."""
+    from galw_d2.data.datasets import load_cuhk_sysu, load_cuhk_sysu_protocol, load_prw, load_prw_protocol
+
+    load, proto = (load_cuhk_sysu, load_cuhk_sysu_protocol) if fmt == "cuhk_sysu" else (load_prw, load_prw_protocol)
+    root = synthps_tiny[fmt]
+    def boxes(recs):
+        return [([a["bbox"] for a in r["annotations"]], r["query_boxes"].tolist() if "query_boxes" in r else None)
+                for r in recs]
+
+    assert boxes(load(root, "test", box_convention="geometric")) == boxes(load(root, "test"))
+    kw = {"gallery_size": 50} if fmt == "cuhk_sysu" else {}  # tiny writes TestG50 only
+    a, b = proto(root, **kw), proto(root, box_convention="geometric", **kw)
+    assert [q.box.tolist() for q in a.queries] == [q.box.tolist() for q in b.queries]
+    assert {n: g.boxes.tolist() for n, g in a.gallery.items()} == {n: g.boxes.tolist() for n, g in b.gallery.items()}
+
+
+def test_medium_preset_is_as_documented():
+    """The sizes docs/synthps.md gives for ``medium`` (generating it takes ~20 s: not done here)."""
+    m, s = PRESETS["medium"], PRESETS["small"]
+    assert (m.train_images, m.train_ids, m.test_images, m.test_ids) == (1200, 300, 500, 400)
+    # same generator settings as small: image size, person heights, cameras, people per image, occluders
+    assert (m.image_hw, m.person_height, m.cameras, m.labeled_per_image, m.distractors_per_image,
+            m.occlusion_prob) == (s.image_hw, s.person_height, s.cameras, s.labeled_per_image,
+                                  s.distractors_per_image, s.occlusion_prob)
+    # the generator needs room for 2 instances of every test id: expected capacity 500 x 2 = 1000 >= 800
+    # (a 1000-sum of 500 draws of 1..3 has std ~18); 500 test images -> TestG50 and TestG100 (500 needs 501)
+    assert m.test_images * sum(m.labeled_per_image) / 2 >= 1.2 * 2 * m.test_ids
+    from galw_d2.data.synthps.writers import _gallery_sizes
+
+    assert _gallery_sizes(m.test_images) == [50, 100]
+    from galw_d2.data.builtin import SYNTHPS_PRESETS
+
+    assert "medium" in SYNTHPS_PRESETS
+
+
 # ------------------------------------------------------------------------------------------- command line
 def test_make_synthps_command(tmp_path, capsys, repo_root):
     spec = importlib.util.spec_from_file_location("make_synthps", os.path.join(repo_root, "tools", "make_synthps.py"))

@@ -29,18 +29,18 @@ from galw_d2.evaluation.results import load_results  # noqa: E402
 logger = logging.getLogger("evaluate_search")
 
 
-def load_protocol(dataset, root, gallery_size=100, subset=None, cross_camera=False):
+def load_protocol(dataset, root, gallery_size=100, subset=None, cross_camera=False, box_convention="standard"):
     if dataset == "cuhk_sysu":
         from galw_d2.data.datasets.cuhk_sysu import load_cuhk_sysu_protocol
 
         if cross_camera:
             raise SystemExit("--cross-camera applies to PRW only")
-        return load_cuhk_sysu_protocol(root, gallery_size=gallery_size, subset=subset)
+        return load_cuhk_sysu_protocol(root, gallery_size=gallery_size, subset=subset, box_convention=box_convention)
     from galw_d2.data.datasets.prw import load_prw_protocol
 
     if subset:
         raise SystemExit("--subset applies to CUHK-SYSU only")
-    return load_prw_protocol(root, cross_camera=cross_camera)
+    return load_prw_protocol(root, cross_camera=cross_camera, box_convention=box_convention)
 
 
 def image_dir(dataset, root):
@@ -48,7 +48,7 @@ def image_dir(dataset, root):
 
 
 def score(args, gallery_size, detection=True):
-    protocol = load_protocol(args.dataset, args.root, gallery_size, args.subset, args.cross_camera)
+    protocol = load_protocol(args.dataset, args.root, gallery_size, args.subset, args.cross_camera, args.box_convention)
     res = load_results(args.results, protocol=protocol)
     out = evaluate_results(protocol, res, det_thresh=args.det_thresh, detection=detection, progress=args.progress)
     s = out["search"]
@@ -58,7 +58,8 @@ def score(args, gallery_size, detection=True):
     result["settings"] = {
         "dataset": args.dataset, "protocol": f"{protocol.dataset}/{protocol.name}", "rule": protocol.rule,
         "det_thresh": args.det_thresh, "gallery_size": gallery_size if args.dataset == "cuhk_sysu" else None,
-        "cross_camera": args.cross_camera, "subset": args.subset, "num_queries": s["num_queries"],
+        "cross_camera": args.cross_camera, "subset": args.subset, "box_convention": args.box_convention,
+        "num_queries": s["num_queries"],
         "num_queries_without_gt": s["num_queries_without_gt"], "results_file": os.path.abspath(args.results),
         "inference_settings": res.get("settings", {}),
     }
@@ -74,6 +75,9 @@ def main(argv=None):
     ap.add_argument("--det-thresh", type=float, default=0.5, help="detection score threshold (always reported)")
     ap.add_argument("--cross-camera", action="store_true", help="PRW: gallery = other cameras only")
     ap.add_argument("--subset", default=None, choices=["Occlusion", "Resolution"], help="CUHK-SYSU query subset")
+    ap.add_argument("--box-convention", default="standard", choices=["standard", "geometric"],
+                    help="ground-truth boxes: the published protocol's integer boxes (default) or float boxes "
+                         "clipped after the conversion (docs/datasets.md 'Box conventions')")
     ap.add_argument("--json", default=None, help="write the metrics and settings here")
     ap.add_argument("--sweep", action="store_true", help="CUHK-SYSU: every TestG{N}.mat present, and -1")
     ap.add_argument("--plot", default=None, help="with --sweep: mAP vs gallery size figure (png/pdf)")

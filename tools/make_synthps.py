@@ -3,6 +3,7 @@
 
 Example:
     python tools/make_synthps.py --output datasets/synthps_small_cuhk --format cuhk_sysu --preset small --seed 0
+    python tools/make_synthps.py --output datasets/synthps_medium_prw --format prw --preset medium --seed 0
 
 Prints a summary (images, identities, boxes, queries) and writes a preview grid of scenes with their
 boxes and ids (default <output>/preview.jpg). The same seed gives the same files, byte for byte.
@@ -22,7 +23,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", required=True, help="dataset root to create (new, empty, or a previous SynthPS root)")
     ap.add_argument("--format", required=True, choices=FORMATS, help="official file layout to write")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="dataset size (default: tiny)")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="dataset size: tiny (tests), small (demo), medium (studies); see docs/synthps.md (default: tiny)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ap.add_argument("--preview", default=None, help="preview image path (default: <output>/preview.jpg)")
     ap.add_argument("--no-preview", action="store_true", help="do not write a preview image")

@@ -2,7 +2,7 @@
 
   * ``cuhk_sysu_{train,gallery,query,test}``      -> <datasets>/cuhk_sysu
   * ``prw_{train,gallery,query,test}``            -> <datasets>/prw
-  * ``synthps_{tiny,small}_{cuhk,prw}_{...}``     -> <datasets>/synthps_{tiny,small}_{cuhk,prw}
+  * ``synthps_{tiny,small,medium}_{cuhk,prw}_{...}`` -> <datasets>/synthps_{tiny,small,medium}_{cuhk,prw}
     (generate with ``tools/make_synthps.py``; loading a missing one says the command)
 """
 import os
@@ -11,7 +11,7 @@ from .catalog import register_cuhk_sysu, register_prw, register_synthps
 
 __all__ = ["register_all_builtin", "datasets_root"]
 
-SYNTHPS_PRESETS = ("tiny", "small")
+SYNTHPS_PRESETS = ("tiny", "small", "medium")
 SYNTHPS_FORMATS = {"cuhk": "cuhk_sysu", "prw": "prw"}
 
 
@@ -21,7 +21,8 @@ def datasets_root() -> str:
 
 
 def register_all_builtin(root: str = None) -> None:
-    """Register every builtin name (lazily: nothing is read from disk)."""
+    """Register every builtin name (lazily: nothing is read from disk), all with the "standard" box
+    convention (another convention: register the root again under another prefix)."""
     root = datasets_root() if root is None else root
     register_cuhk_sysu(os.path.join(root, "cuhk_sysu"), "cuhk_sysu")
     register_prw(os.path.join(root, "prw"), "prw")

@@ -3,6 +3,11 @@
 Registering never parses anything: the split loaders run when ``DatasetCatalog.get`` is called, and
 metadata that needs the annotations (``num_train_pids``, ``attribute_names``, ``gallery_sizes``) is
 computed on first access (then kept). A missing root raises an error telling how to get the data.
+
+Every registration fixes a ``box_convention`` ("standard", the default: the published protocol's
+integer boxes; or "geometric"), kept in the metadata and used by the splits and by
+:func:`get_search_protocol` alike (docs/datasets.md "Box conventions"). To train / evaluate under the
+geometric boxes, register the root under another prefix and name that prefix in ``cfg.DATASETS``.
 """
 import functools
 import logging
@@ -21,12 +26,13 @@ from .datasets import (
     load_prw_protocol,
     prw_num_train_pids,
 )
-from .datasets.common import DatasetNotFoundError, load_attribute_file
+from .datasets.common import BOX_CONVENTIONS, DatasetNotFoundError, check_box_convention, load_attribute_file
 from .protocol import SearchProtocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register_cuhk_sysu", "register_prw", "register_synthps", "get_search_protocol", "SPLITS"]
+__all__ = ["register_cuhk_sysu", "register_prw", "register_synthps", "get_search_protocol", "SPLITS",
+           "BOX_CONVENTIONS"]
 
 #: the registered splits: ``<prefix>_<split>``; "test" = every gallery record, then every query record
 SPLITS = ("train", "gallery", "query", "test")
@@ -62,9 +68,9 @@ def _check_root(name: str, root: str, hint: str) -> None:
         raise DatasetNotFoundError(f"dataset '{name}': root {os.path.abspath(root)} does not exist. {hint}")
 
 
-def _load_split(name, fmt, root, split, hint):
+def _load_split(name, fmt, root, split, hint, convention):
     _check_root(name, root, hint)
-    return _FORMATS[fmt][0](root, split)
+    return _FORMATS[fmt][0](root, split, box_convention=convention)
 
 
 def _attribute_names(name, root):
@@ -74,7 +80,8 @@ def _attribute_names(name, root):
     return attr["attribute_names"]
 
 
-def _register(fmt: str, root: str, prefix: str, hint: str, extra: Dict) -> None:
+def _register(fmt: str, root: str, prefix: str, hint: str, extra: Dict, convention: str) -> None:
+    check_box_convention(convention)  # at registration: a typo fails before any training starts
     num_pids_fn = _FORMATS[fmt][1]
     for split in SPLITS:
         name = f"{prefix}_{split}"
@@ -82,10 +89,10 @@ def _register(fmt: str, root: str, prefix: str, hint: str, extra: Dict) -> None:
             DatasetCatalog.remove(name)
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, functools.partial(_load_split, name, fmt, root, split, hint))
+        DatasetCatalog.register(name, functools.partial(_load_split, name, fmt, root, split, hint, convention))
         meta = _LazyMetadata(name=name)
         lazy: Dict[str, Callable] = {
-            "num_train_pids": lambda n=name: (_check_root(n, root, hint), num_pids_fn(root))[1],
+            "num_train_pids": lambda n=name: (_check_root(n, root, hint), num_pids_fn(root, convention))[1],
             "attribute_names": lambda n=name: _attribute_names(n, root),
         }
         if fmt == "cuhk_sysu":
@@ -101,35 +108,48 @@ def _register(fmt: str, root: str, prefix: str, hint: str, extra: Dict) -> None:
             evaluator_type="person_search",
             protocol_dir=os.path.join(root, "annotation", "test") if fmt == "cuhk_sysu" else root,
             missing_hint=hint,
+            box_convention=convention,
             **extra,
         )
 
 
-def register_cuhk_sysu(root: str, prefix: str = "cuhk_sysu", **metadata) -> None:
+def register_cuhk_sysu(root: str, prefix: str = "cuhk_sysu", box_convention: str = "standard", **metadata) -> None:
     """Register ``<prefix>_{train,gallery,query,test}`` for a CUHK-SYSU root (replacing earlier ones).
 
-    Extra keyword arguments are added to the metadata of every split.
+    Args:
+        box_convention: "standard" (published protocol: integer boxes) or "geometric" (float, clipped
+            at 0); see :func:`galw_d2.data.datasets.common.convert_boxes`.
+        metadata: added to the metadata of every split.
     """
     hint = metadata.pop("missing_hint", None) or (
         "Download CUHK-SYSU and unpack it there (see datasets/README.md), set $DETECTRON2_DATASETS, or "
         "call galw_d2.data.register_cuhk_sysu(ROOT, prefix) for another location."
     )
-    _register("cuhk_sysu", root, prefix, hint, metadata)
+    _register("cuhk_sysu", root, prefix, hint, metadata, box_convention)
 
 
-def register_prw(root: str, prefix: str = "prw", **metadata) -> None:
-    """Register ``<prefix>_{train,gallery,query,test}`` for a PRW root (replacing earlier ones)."""
+def register_prw(root: str, prefix: str = "prw", box_convention: str = "standard", **metadata) -> None:
+    """Register ``<prefix>_{train,gallery,query,test}`` for a PRW root (replacing earlier ones).
+
+    Args:
+        box_convention: "standard" (published protocol: annotation rows clipped at 0 before
+            x2 = x + w, integer boxes; queries converted, truncated, then clipped) or "geometric"
+            (float, clipped at 0 after the conversion).
+        metadata: added to the metadata of every split.
+    """
     hint = metadata.pop("missing_hint", None) or (
         "Download PRW and unpack it there (see datasets/README.md), set $DETECTRON2_DATASETS, or "
         "call galw_d2.data.register_prw(ROOT, prefix) for another location."
     )
-    _register("prw", root, prefix, hint, metadata)
+    _register("prw", root, prefix, hint, metadata, box_convention)
 
 
-def register_synthps(root: str, fmt: str, prefix: str, preset: Optional[str] = None, **metadata) -> None:
+def register_synthps(root: str, fmt: str, prefix: str, preset: Optional[str] = None,
+                     box_convention: str = "standard", **metadata) -> None:
     """Register a generated SynthPS root written in the ``fmt`` layout ("cuhk_sysu" | "prw").
 
-    The metadata gets ``synthps=True`` (and ``synthps_preset`` when given).
+    The metadata gets ``synthps=True`` (and ``synthps_preset`` when given). SynthPS boxes are
+    integers inside the image, so both box conventions give the same boxes.
     """
     if fmt not in _FORMATS:
         raise ValueError(f"SynthPS format {fmt!r}: expected 'cuhk_sysu' or 'prw'")
@@ -138,7 +158,7 @@ def register_synthps(root: str, fmt: str, prefix: str, preset: Optional[str] = N
     metadata["synthps"] = True
     if preset is not None:
         metadata["synthps_preset"] = preset
-    (register_cuhk_sysu if fmt == "cuhk_sysu" else register_prw)(root, prefix, **metadata)
+    (register_cuhk_sysu if fmt == "cuhk_sysu" else register_prw)(root, prefix, box_convention, **metadata)
 
 
 def get_search_protocol(dataset_name: str, gallery_size: int = 100, subset: Optional[str] = None,
@@ -158,10 +178,11 @@ def get_search_protocol(dataset_name: str, gallery_size: int = 100, subset: Opti
             f"(metadata dataset_type={fmt!r}); register it with galw_d2.data.register_cuhk_sysu / register_prw"
         )
     _check_root(dataset_name, meta.root, meta.get("missing_hint", ""))
+    convention = meta.get("box_convention", "standard")  # the splits' convention: same boxes in both
     if fmt == "cuhk_sysu":
         if cross_camera:
             raise ValueError(f"dataset '{dataset_name}': cross_camera applies to the PRW layout only")
-        return load_cuhk_sysu_protocol(meta.root, gallery_size=gallery_size, subset=subset)
+        return load_cuhk_sysu_protocol(meta.root, gallery_size=gallery_size, subset=subset, box_convention=convention)
     if subset is not None:
         raise ValueError(f"dataset '{dataset_name}': subsets ({subset!r}) exist for the CUHK-SYSU layout only")
-    return load_prw_protocol(meta.root, cross_camera=cross_camera)
+    return load_prw_protocol(meta.root, cross_camera=cross_camera, box_convention=convention)

@@ -38,6 +38,10 @@ __all__ = [
     "attach_attributes",
     "split_records",
     "ATTRIBUTE_FILE",
+    "BOX_CONVENTIONS",
+    "BOX_RULES",
+    "check_box_convention",
+    "convert_boxes",
 ]
 
 #: File next to a SynthPS dataset with the ground-truth binary attributes of every person box.
@@ -212,6 +216,69 @@ def mat_int(value, where: str, default: Optional[int] = None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Box conventions: [x, y, w, h] in the files -> [x1, y1, x2, y2] in the records
+# ----------------------------------------------------------------------------------------------------
+#: "standard": the integer boxes of the public loader family that produced the published numbers
+#: (OIM / NAE / SeqNet / COAT and successors); "geometric": float boxes, clipped at 0 after the
+#: conversion. See docs/datasets.md "Box conventions".
+BOX_CONVENTIONS = ("standard", "geometric")
+
+#: The "standard" order of operations of each file kind (``trunc`` = truncation toward zero, i.e.
+#: numpy's ``astype(np.int32)``).
+BOX_RULES = {
+    # PRW annotations/<frame>.jpg.mat rows: clip x, y, w, h at 0, then x2 = x + w, then trunc
+    # (a box with x < 0 is shifted right, keeping its width, not cropped)
+    "prw_annotation": "clip [x, y, w, h] at 0, then x2 = x + w, y2 = y + h, then truncate",
+    # PRW query_info.txt: x2 = x + w first, then trunc, then clip at 0 (a box with x < 0 is cropped)
+    "prw_query": "x2 = x + w, y2 = y + h, then truncate, then clip at 0",
+    # CUHK-SYSU Images.mat / Train.mat / TestG*.mat idlocate: trunc x, y, w, h, then x2 = x + w
+    "cuhk_sysu": "truncate [x, y, w, h], then x2 = x + w, y2 = y + h (no clipping)",
+}
+
+
+def check_box_convention(convention: str) -> str:
+    """Return ``convention`` if it is one of :data:`BOX_CONVENTIONS`, else raise ValueError."""
+    if convention not in BOX_CONVENTIONS:
+        raise ValueError(f"box_convention {convention!r}: expected one of {BOX_CONVENTIONS} "
+                         "(see docs/datasets.md, 'Box conventions')")
+    return convention
+
+
+def convert_boxes(xywh, convention: str, rule: str) -> np.ndarray:
+    """Convert file boxes ``[x, y, w, h]`` to ``[x1, y1, x2, y2]`` under a box convention.
+
+    Args:
+        xywh: (K, 4) or (4,) array-like of boxes as stored in the files.
+        convention: "standard" (the published protocol: the order of :data:`BOX_RULES` [rule], integer
+            values) or "geometric" (x2 = x + w, y2 = y + h in floats, then clip at 0).
+        rule: a key of :data:`BOX_RULES` (which file the boxes come from).
+    Returns:
+        float64 array of the same shape as ``xywh``: XYXY boxes (integer-valued under "standard").
+    """
+    check_box_convention(convention)
+    if rule not in BOX_RULES:
+        raise ValueError(f"box rule {rule!r}: expected one of {sorted(BOX_RULES)}")
+    b = np.array(xywh, dtype=np.float64)  # a copy: the caller's array is never changed
+    shape = b.shape
+    b = b.reshape(-1, 4)
+    if convention == "geometric":
+        b[:, 2:] += b[:, :2]
+        out = np.clip(b, 0, None)
+    elif rule == "prw_annotation":
+        b = np.clip(b, 0, None)
+        b[:, 2:] += b[:, :2]
+        out = np.trunc(b)
+    elif rule == "prw_query":
+        b[:, 2:] += b[:, :2]
+        out = np.clip(np.trunc(b), 0, None)
+    else:  # cuhk_sysu
+        b = np.trunc(b)
+        b[:, 2:] += b[:, :2]
+        out = b
+    return (out + 0.0).reshape(shape)  # + 0.0: no -0.0 from truncating (-1, 0)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Cache of parsed annotations
 # ----------------------------------------------------------------------------------------------------
 def cache_dir() -> Optional[str]:
@@ -357,13 +424,20 @@ def load_attribute_file(root: str) -> Optional[Dict[str, Any]]:
     return {"attribute_names": names, "persons": persons, "path": path}
 
 
-def attach_attributes(records: Iterable[Dict[str, Any]], attr: Dict[str, Any], tol: float = 1.0) -> None:
+def attach_attributes(records: Iterable[Dict[str, Any]], attr: Dict[str, Any], tol: float = 1.0,
+                      box_convert: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
     """Give every annotation of ``records`` its ``"attributes"`` from a parsed attribute file (in place).
 
     A person matches an annotation of the same image when every XYXY coordinate differs by at most
-    ``tol`` px (both clipped at 0, as the loaders clip negative coordinates). Raises when an
-    annotation has no match.
+    ``tol`` px. Raises when an annotation has no match.
+
+    Args:
+        box_convert: maps the file's (N, 4) XYXY boxes to the records' boxes, so both go through the
+            loader's box convention (the file holds ``[x, y, x + w, y + h]`` of the annotation rows);
+            default: clip at 0.
     """
+    if box_convert is None:
+        box_convert = lambda b: np.clip(b, 0, None)  # noqa: E731
     persons = attr["persons"]
     for r in records:
         cands = persons.get(r["image_name"], [])
@@ -371,7 +445,7 @@ def attach_attributes(records: Iterable[Dict[str, Any]], attr: Dict[str, Any], t
             if r["annotations"]:
                 raise DatasetFormatError(f"{attr['path']}: no attributes for any person of image {r['image_name']}")
             continue
-        boxes = np.clip(np.stack([c[0] for c in cands]), 0, None)
+        boxes = box_convert(np.stack([c[0] for c in cands]))
         for a in r["annotations"]:
             diff = np.abs(boxes - np.asarray(a["bbox"], dtype=np.float64)[None]).max(axis=1)
             j = int(np.argmin(diff))
@@ -383,9 +457,11 @@ def attach_attributes(records: Iterable[Dict[str, Any]], attr: Dict[str, Any], t
             a["attributes"] = list(cands[j][1])
 
 
-def split_records(index: Dict[str, Any], split: str, dataset: str, root: str) -> List[Dict[str, Any]]:
+def split_records(index: Dict[str, Any], split: str, dataset: str, root: str,
+                  box_convert: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> List[Dict[str, Any]]:
     """Deep copies of one split's image records from a parsed ``index`` ("test" = gallery then query),
-    with ``bbox_mode`` set and, when ``root`` has :data:`ATTRIBUTE_FILE`, each annotation's attributes.
+    with ``bbox_mode`` set and, when ``root`` has :data:`ATTRIBUTE_FILE`, each annotation's attributes
+    (``box_convert``: see :func:`attach_attributes`).
 
     Raises ValueError naming ``dataset`` for an unknown split.
     """
@@ -402,5 +478,5 @@ def split_records(index: Dict[str, Any], split: str, dataset: str, root: str) ->
             a["bbox_mode"] = BoxMode.XYXY_ABS
     attr = load_attribute_file(root)
     if attr is not None:
-        attach_attributes(records, attr)
+        attach_attributes(records, attr, box_convert=box_convert)
     return records

@@ -16,6 +16,12 @@ The .mat structures (as read by ``scipy.io.loadmat``):
     array of ``Query`` (struct ``imname``, ``idlocate``, ``ishard``, ``idname``) and ``Gallery``
     (struct array ``imname``, ``idlocate`` (empty when the person is not in that image), ``ishard``).
 Struct arrays and cell arrays of structs are accepted interchangeably (see :mod:`.common`).
+
+Boxes ``idlocate = [x, y, w, h]`` (Images.mat, Train.mat, TestG queries and galleries) become XYXY
+under ``box_convention`` (:func:`.common.convert_boxes`): "standard" (default, the published
+protocol) truncates x, y, w, h to integers, then x2 = x + w (no clipping); "geometric" converts in
+floats and clips at 0. Identities are matched on the file values (within 0.5 px) whatever the
+convention.
 """
 import copy
 import glob
@@ -32,6 +38,8 @@ from .common import (
     DatasetFormatError,
     DatasetNotFoundError,
     cached_parse,
+    check_box_convention,
+    convert_boxes,
     load_mat,
     mat_box,
     mat_field,
@@ -95,8 +103,9 @@ def _check_root(root):
         raise DatasetNotFoundError(f"CUHK-SYSU root {root} does not exist.\nExpected layout:\n{CUHK_SYSU_LAYOUT}")
 
 
-def _xyxy(b):
-    return np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], dtype=np.float64)
+def _xyxy(b, convention):
+    """(4,) or (K, 4) file boxes [x, y, w, h] -> float64 XYXY under ``convention``."""
+    return convert_boxes(b, convention, "cuhk_sysu")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -277,7 +286,7 @@ def _label(name, box, pid, boxes, pids, dropped, where, counters):
     pids[name][j] = pid
 
 
-def _build_index(root):
+def _build_index(root, convention):
     names, boxes, dropped = _parse_images(root)
     known = set(names)
     pool = _parse_pool(root)
@@ -329,9 +338,14 @@ def _build_index(root):
 
     n_dropped = sum(len(v) for v in dropped.values())
     image_id = {n: i for i, n in enumerate(names)}
+    # the conversion can leave a box without area (standard: 0 < w < 1 truncates to 0): dropped too
+    degenerate = [0]
 
     def record(n, pids):
         h, w = sizes[n]
+        xyxy = _xyxy(boxes[n], convention)
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        degenerate[0] += int((~keep).sum())
         return {
             "file_name": os.path.join(root, "Image", "SSM", n),
             "image_id": image_id[n],
@@ -340,8 +354,8 @@ def _build_index(root):
             "width": w,
             "camera_id": -1,
             "annotations": [
-                {"bbox": _xyxy(b).tolist(), "bbox_mode": 0, "category_id": 0, "person_id": int(p)}
-                for b, p in zip(boxes[n], pids)
+                {"bbox": b.tolist(), "bbox_mode": 0, "category_id": 0, "person_id": int(p)}
+                for b, p in zip(xyxy[keep], np.asarray(pids)[keep])
             ],
         }
 
@@ -352,30 +366,33 @@ def _build_index(root):
     for i, (q, pid) in enumerate(zip(base_queries, query_pids)):
         r = copy.deepcopy(by_name[q["image"]])
         r.update(is_query=True, query_index=i, query_pid=pid,
-                 query_boxes=_xyxy(q["box"]).astype(np.float32)[None])
+                 query_boxes=_xyxy(q["box"], convention).astype(np.float32)[None])
         query.append(r)
     return {
         "train": train,
         "gallery": gallery,
         "query": query,
         "num_train_pids": len(identities),
-        "num_dropped": n_dropped,
+        "num_dropped": n_dropped + degenerate[0],
         "num_dropped_labeled": counters["dropped_labeled"],
         "conflicts": counters["conflicts"],
         "base_gallery_size": base,
     }
 
 
-def _index(root):
+def _index(root, convention):
+    check_box_convention(convention)
     _check_root(root)
     require_file(_ann(root, "Images.mat"), "CUHK-SYSU", CUHK_SYSU_LAYOUT)
     files = [_ann(root, "Images.mat"), _ann(root, "pool.mat"), _ann(root, "test", "train_test", "Train.mat")]
     files += [_testg_path(root, _base_size(root)), os.path.join(root, "Image", "SSM")]
-    index = cached_parse("cuhk_sysu_index", files, lambda: _build_index(root))
+    # the convention changes the boxes: part of the cache key
+    index = cached_parse("cuhk_sysu_index", files, lambda: _build_index(root, convention), extra=convention)
     if index["num_dropped"]:
         logger.warning(
-            "CUHK-SYSU %s: dropped %d box(es) with non-positive width or height (%d of them labeled)",
-            root, index["num_dropped"], index["num_dropped_labeled"],
+            "CUHK-SYSU %s: dropped %d box(es) with non-positive width or height in the file or after the %r "
+            "box conversion (%d of them labeled in Train/TestG)",
+            root, index["num_dropped"], convention, index["num_dropped_labeled"],
         )
     if index["conflicts"]:
         logger.warning("CUHK-SYSU %s: %d box(es) claimed by two identities (the first one kept), e.g. %s",
@@ -383,33 +400,42 @@ def _index(root):
     return index
 
 
-def load_cuhk_sysu(root: str, split: str) -> List[Dict]:
+def load_cuhk_sysu(root: str, split: str, box_convention: str = "standard") -> List[Dict]:
     """Detectron2 dataset dicts of one CUHK-SYSU split (see docs/DESIGN.md "Datasets").
 
     Args:
         root: dataset root (layout: :data:`CUHK_SYSU_LAYOUT`).
         split: "train", "gallery", "query" or "test" (= gallery followed by query).
+        box_convention: "standard" (the published protocol's integer boxes) or "geometric" (float,
+            clipped at 0); see :func:`.common.convert_boxes`.
     Returns:
         list of image records; train ``person_id`` in 0..K-1 (K = Train.mat identities), -1 unlabeled.
     """
     if split not in ("train", "gallery", "query", "test"):  # before parsing anything
         raise ValueError(f"CUHK-SYSU split {split!r}: expected 'train', 'gallery', 'query' or 'test'")
-    return split_records(_index(root), split, "CUHK-SYSU", root)
+    check_box_convention(box_convention)
+
+    def attribute_boxes(xyxy):  # the attribute file lists [x, y, x + w, y + h] of Images.mat boxes
+        return _xyxy(np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1), box_convention)
+
+    return split_records(_index(root, box_convention), split, "CUHK-SYSU", root, box_convert=attribute_boxes)
 
 
-def cuhk_sysu_num_train_pids(root: str) -> int:
+def cuhk_sysu_num_train_pids(root: str, box_convention: str = "standard") -> int:
     """Number of training identities (Train.mat entries)."""
-    return _index(root)["num_train_pids"]
+    return _index(root, box_convention)["num_train_pids"]
 
 
-def load_cuhk_sysu_protocol(root: str, gallery_size: int = 100, subset: Optional[str] = None) -> SearchProtocol:
+def load_cuhk_sysu_protocol(root: str, gallery_size: int = 100, subset: Optional[str] = None,
+                            box_convention: str = "standard") -> SearchProtocol:
     """The CUHK-SYSU search protocol.
 
     Args:
         gallery_size: N of TestG{N}.mat (rule "explicit"); -1 = full test set (rule "all_but_query").
         subset: "Occlusion" or "Resolution": that subset's queries and gallery lists (gallery_size unused).
+        box_convention: as in :func:`load_cuhk_sysu` (gallery, query and gallery-list boxes).
     """
-    index = _index(root)
+    index = _index(root, box_convention)
     gallery = {
         r["image_name"]: GalleryImage(
             r["image_name"], [a["bbox"] for a in r["annotations"]], [a["person_id"] for a in r["annotations"]]
@@ -445,13 +471,14 @@ def load_cuhk_sysu_protocol(root: str, gallery_size: int = 100, subset: Optional
         gi = gallery.get(q["image"])
         if gi is None:
             raise DatasetFormatError(f"{where}: query image {q['image']} is not in the gallery split (pool.mat)")
-        box = _xyxy(q["box"]).astype(np.float32)
+        box = _xyxy(q["box"], box_convention).astype(np.float32)
         j = _match(gi.boxes.astype(np.float64), box.astype(np.float64))
         if j < 0 or gi.pids[j] < 0:
             raise DatasetFormatError(f"{where}: query box {q['box'].tolist()} is not a labeled person of {q['image']}")
         glist = None
         if rule == "explicit":
-            gboxes = {int(j): _xyxy(b).astype(np.float32) for j, b in zip(q["gallery_pos"], q["gallery_xywh"])}
+            gboxes = {int(j): b.astype(np.float32) for j, b in
+                      zip(q["gallery_pos"], _xyxy(q["gallery_xywh"], box_convention))}
             glist = GalleryList(names, q["gallery_idx"], gboxes)
         queries.append(SearchQuery(q["image"], box, int(gi.pids[j]), -1, glist,
                                    {"ishard": q["ishard"], "idname": q["idname"]}))

@@ -12,10 +12,13 @@ Files:
   * ``query_info.txt``: lines ``pid x y w h imname`` (imname without extension), CRLF line ends.
 Camera = the number after the leading ``c`` of the frame name.
 
-Conventions here: boxes become ``[x, y, x + w, y + h]`` with negative coordinates clipped to 0;
-boxes of non-positive size are dropped (counted in a warning); train ids are remapped to 0..K-1 in
-ascending order of the original ids (PRW: 482 ids + id 932 -> K = 483); gallery / query keep the
-original ids; unlabeled = -1 everywhere.
+Conventions here: boxes become XYXY under ``box_convention`` (:func:`.common.convert_boxes`):
+"standard" (default, the published protocol) clips the annotation rows' x, y, w, h at 0 *before*
+x2 = x + w (a box with x < 0 is shifted, not cropped) and truncates to integers, and converts the
+query boxes first, truncates, then clips at 0; "geometric" converts in floats and clips at 0.
+Boxes of non-positive size after the conversion are dropped (counted in a warning); train ids are
+remapped to 0..K-1 in ascending order of the original ids (PRW: 482 ids + id 932 -> K = 483);
+gallery / query keep the original ids; unlabeled = -1 everywhere.
 """
 import copy
 import hashlib
@@ -31,6 +34,8 @@ from .common import (
     DatasetFormatError,
     DatasetNotFoundError,
     cached_parse,
+    check_box_convention,
+    convert_boxes,
     load_mat,
     mat_str_list,
     read_image_sizes,
@@ -72,8 +77,8 @@ def _frames(root, split):
     return [_jpg(n) for n in mat_str_list(load_mat(path, [key], PRW_LAYOUT)["value"], f"{path}: {key}")]
 
 
-def _parse_annotation(path):
-    """(ids (K,) int64, boxes (K, 4) float64 XYXY clipped, number dropped for size)."""
+def _parse_annotation(path, convention):
+    """(ids (K,) int64, boxes (K, 4) float64 XYXY under ``convention``, number dropped for size)."""
     mat = load_mat(path, _BOX_KEYS, PRW_LAYOUT)
     arr = mat["value"]
     if isinstance(arr, np.ndarray) and arr.dtype == object and arr.size == 1:
@@ -96,13 +101,12 @@ def _parse_annotation(path):
     if bad.any():
         raise DatasetFormatError(f"{path}: person id {int(ids[bad][0])} out of range (ids are >= 0, -2 = unlabeled)")
     ids[ids < 0] = -1
-    x, y, w, h = arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4]
-    boxes = np.clip(np.stack([x, y, x + w, y + h], axis=1), 0, None)
+    boxes = convert_boxes(arr[:, 1:], convention, "prw_annotation")
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return ids[keep], boxes[keep], int((~keep).sum())
 
 
-def _parse_queries(root):
+def _parse_queries(root, convention):
     path = require_file(os.path.join(root, "query_info.txt"), "PRW", PRW_LAYOUT)
     with open(path, "rb") as f:
         lines = f.read().decode("utf-8").splitlines()  # CRLF-safe
@@ -120,14 +124,15 @@ def _parse_queries(root):
             raise DatasetFormatError(f"{path}:{ln}: expected numbers in 'pid x y w h imname', got {line.strip()!r}") from None
         if pid < 0:
             raise DatasetFormatError(f"{path}:{ln}: query person id {pid} (queries must be labeled persons)")
-        box = np.clip(np.array([x, y, x + w, y + h]), 0, None)
+        box = convert_boxes([x, y, w, h], convention, "prw_query")
         if box[2] <= box[0] or box[3] <= box[1]:
-            raise DatasetFormatError(f"{path}:{ln}: query box of non-positive size {[x, y, w, h]}")
+            raise DatasetFormatError(f"{path}:{ln}: query box {[x, y, w, h]} has non-positive size after the "
+                                     f"{convention!r} box conversion ({box.tolist()})")
         out.append({"line": ln, "pid": pid, "box": box, "image": _jpg(parts[5])})
     return out
 
 
-def _build_index(root):
+def _build_index(root, convention):
     frames = {s: _frames(root, s) for s in ("train", "gallery")}
     overlap = set(frames["train"]) & set(frames["gallery"])
     if overlap:
@@ -138,7 +143,7 @@ def _build_index(root):
 
     for n in tqdm(names, desc="parsing PRW annotations", disable=len(names) < 2000, unit="file"):
         path = require_file(os.path.join(root, "annotations", n + ".mat"), "PRW annotation", PRW_LAYOUT)
-        ids, boxes, nd = _parse_annotation(path)
+        ids, boxes, nd = _parse_annotation(path, convention)
         annos[n] = (ids, boxes)
         dropped += nd
     sizes = read_image_sizes(os.path.join(root, "frames"), names, PRW_LAYOUT)
@@ -169,7 +174,7 @@ def _build_index(root):
     query, unmatched = [], 0
     train_set = set(frames["train"])
     qpath = os.path.join(root, "query_info.txt")
-    for k, q in enumerate(_parse_queries(root)):
+    for k, q in enumerate(_parse_queries(root, convention)):
         if q["image"] not in by_name:
             where = "a training frame (frame_train.mat)" if q["image"] in train_set else "not in frame_test.mat"
             raise DatasetFormatError(f"{qpath}:{q['line']}: query image {q['image']} is {where}; queries must be gallery frames")
@@ -193,39 +198,57 @@ def _dir_digest(d):
     return h.hexdigest()
 
 
-def _index(root):
+def _index(root, convention):
+    check_box_convention(convention)
     if not os.path.isdir(root):
         raise DatasetNotFoundError(f"PRW root {root} does not exist.\nExpected layout:\n{PRW_LAYOUT}")
     files = [os.path.join(root, f) for f in ("frame_train.mat", "frame_test.mat", "query_info.txt")]
     for f in files:
         require_file(f, "PRW", PRW_LAYOUT)
     files.append(os.path.join(root, "frames"))
-    index = cached_parse("prw_index", files, lambda: _build_index(root),
-                         extra=_dir_digest(os.path.join(root, "annotations")))
+    # the convention changes the boxes: part of the cache key
+    index = cached_parse("prw_index", files, lambda: _build_index(root, convention),
+                         extra=[_dir_digest(os.path.join(root, "annotations")), convention])
     if index["num_dropped"]:
-        logger.warning("PRW %s: dropped %d box(es) of non-positive size (after clipping negative coordinates)",
-                       root, index["num_dropped"])
+        logger.warning("PRW %s: dropped %d box(es) of non-positive size (after the %r box conversion)",
+                       root, index["num_dropped"], convention)
     if index["num_query_unmatched"]:
         logger.warning("PRW %s: %d query id(s) of query_info.txt not annotated in their frame",
                        root, index["num_query_unmatched"])
     return index
 
 
-def load_prw(root: str, split: str) -> List[Dict]:
-    """Detectron2 dataset dicts of one PRW split: "train", "gallery", "query" or "test" (= gallery + query)."""
+def load_prw(root: str, split: str, box_convention: str = "standard") -> List[Dict]:
+    """Detectron2 dataset dicts of one PRW split.
+
+    Args:
+        root: dataset root (layout: :data:`PRW_LAYOUT`).
+        split: "train", "gallery", "query" or "test" (= gallery followed by query).
+        box_convention: "standard" (the published protocol's integer boxes) or "geometric"
+            (float, clipped at 0 after the conversion); see :func:`.common.convert_boxes`.
+    """
     if split not in ("train", "gallery", "query", "test"):  # before parsing anything
         raise ValueError(f"PRW split {split!r}: expected 'train', 'gallery', 'query' or 'test'")
-    return split_records(_index(root), split, "PRW", root)
+    check_box_convention(box_convention)
+
+    def attribute_boxes(xyxy):  # the attribute file lists [x, y, x + w, y + h] of the annotation rows
+        return convert_boxes(np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1),
+                             box_convention, "prw_annotation")
+
+    return split_records(_index(root, box_convention), split, "PRW", root, box_convert=attribute_boxes)
 
 
-def prw_num_train_pids(root: str) -> int:
+def prw_num_train_pids(root: str, box_convention: str = "standard") -> int:
     """Number of distinct labeled training identities (K; ids are remapped to 0..K-1)."""
-    return _index(root)["num_train_pids"]
+    return _index(root, box_convention)["num_train_pids"]
 
 
-def load_prw_protocol(root: str, cross_camera: bool = False) -> SearchProtocol:
-    """The PRW search protocol: "standard" (all gallery frames but the query's) or "cross_camera"."""
-    index = _index(root)
+def load_prw_protocol(root: str, cross_camera: bool = False, box_convention: str = "standard") -> SearchProtocol:
+    """The PRW search protocol: "standard" (all gallery frames but the query's) or "cross_camera".
+
+    ``box_convention`` as in :func:`load_prw` (gallery and query boxes).
+    """
+    index = _index(root, box_convention)
     gallery = {
         r["image_name"]: GalleryImage(r["image_name"], [a["bbox"] for a in r["annotations"]],
                                       [a["person_id"] for a in r["annotations"]], r["camera_id"])

@@ -61,7 +61,7 @@ def generate_synthps(output: str, fmt: str = "cuhk_sysu", preset: str = "tiny", 
     Args:
         output: dataset root to create (must be new, empty, or a previous SynthPS root, which is replaced).
         fmt: "cuhk_sysu" or "prw" (the official file layout to write).
-        preset: "tiny" (tests) or "small" (demo); see :data:`PRESETS`.
+        preset: "tiny" (tests), "small" (demo) or "medium" (studies: 400 queries); see :data:`PRESETS`.
         seed: the same seed gives the same bytes (images, .mat, .txt, .json).
         progress: show a tqdm bar while rendering.
         return_truth: also return the :class:`SynthPSTruth` (every box, file id, camera, attribute).
