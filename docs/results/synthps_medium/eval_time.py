@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 python docs/results/synthps_medium/eval_time.py ROOT FORMAT PRESET
 
-Builds the config the demo pipeline uses (galw_d2.pipeline.build_cfg, phase 1, seed 0), the model with
-random initial weights, and runs galw_d2.pipeline.evaluate_model on <prefix>_test; prints a RESULT
+Builds the config the demo pipeline uses (galw_d2.apps.recipe.build_cfg, seed 0), the model with
+random initial weights, and runs galw_d2.apps.evaluation.evaluate_model on <prefix>_test; prints a RESULT
 line with the wall time of the evaluation. TORCH_THREADS sets torch's threads (default 1).
 """
 import json, os, sys, time
@@ -14,14 +14,15 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from galw_d2.data import register_synthps
-from galw_d2.pipeline import PipelineSettings, build_cfg, evaluate_model
+from galw_d2.apps.evaluation import evaluate_model
+from galw_d2.apps.recipe import PipelineSettings, build_cfg
 
 root, fmt, preset = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))
 prefix = f"time_{preset}_{fmt}"
 register_synthps(root, fmt, prefix, preset=preset)
 data = {"prefix": prefix, "fmt": fmt, "root": root, "synthetic": True, "preset": preset}
-cfg = build_cfg(PipelineSettings(seed=0).resolved(), data, 1, f"output/eval_time/{prefix}")
+cfg = build_cfg(PipelineSettings(seed=0).resolved(), data, f"output/eval_time/{prefix}")
 seed_all_rng(0)
 model = build_model(cfg)
 model.eval()
