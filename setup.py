@@ -31,5 +31,6 @@ setup(
         "gdown",  # torchreid imports it at import time
         "setuptools<81",  # detectron2 imports pkg_resources
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # test: the suite plus the checks .ci/run makes before it (ruff: style; import-linter: the layers)
+    extras_require={"test": ["pytest>=7", "ruff>=0.6", "import-linter>=2.0"]},
 )

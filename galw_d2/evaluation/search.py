@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from galw_d2.data.protocol import SearchProtocol
+from ..protocol import SearchProtocol
 
 __all__ = [
     "average_precision",

@@ -1,6 +1,6 @@
 """Cost of the gradient probes: train a tiny config with probing on and time every step.
 
-    python -m galw_d2.galw.overhead [--config stock|roi_alignps] [--iters 60] [--period 20] [--output DIR]
+    python tools/benchmark_galw_overhead.py [--config stock|roi_alignps] [--iters 60] [--period 20] [--output DIR]
 
 In ONE run (same process, same data, same load on the machine) every iteration is timed, and the time
 spent inside the probes is timed separately, so
@@ -24,7 +24,8 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from galw_d2.model_zoo import get_config_file
+
 __all__ = ["measure_overhead"]
 
 
@@ -59,7 +60,7 @@ def _setup_cfg(kind, work, iters, period, record):
 
     cfg = add_galw_config(get_cfg())
     if kind == "stock":
-        cfg.merge_from_file(os.path.join(ROOT, "configs/stock/faster_rcnn_R18_FPN_tiny.yaml"))
+        cfg.merge_from_file(get_config_file("stock/faster_rcnn_R18_FPN_tiny.yaml"))
         name = "galw_overhead_toy_train"
         if name not in DatasetCatalog.list():
             recs = _toy_detection_dataset(os.path.join(work, "images"))
@@ -72,7 +73,7 @@ def _setup_cfg(kind, work, iters, period, record):
         from galw_d2.data import register_synthps
         from galw_d2.data.synthps import generate_synthps
 
-        cfg.merge_from_file(os.path.join(ROOT, "configs/synthps/roi_alignps_R18_tiny_synthps.yaml"))
+        cfg.merge_from_file(get_config_file("synthps/roi_alignps_R18_tiny_synthps.yaml"))
         prefix = "galw_overhead_synthps"
         if f"{prefix}_train" not in DatasetCatalog.list():
             root = os.path.join(work, "synthps_tiny_cuhk")

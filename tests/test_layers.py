@@ -1,0 +1,34 @@
+"""The layer contracts of pyproject.toml (import-linter): they hold for the package, and the checker
+really fails on a deliberately wrong import (a lower layer importing a higher one)."""
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINT = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+
+
+def _lint(cwd, pythonpath):
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    return subprocess.run([LINT, "--config", os.path.join(cwd, "pyproject.toml")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_layer_contracts_hold():
+    r = _lint(ROOT, ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 broken" in r.stdout
+
+
+def test_layer_checker_fails_on_a_wrong_import(tmp_path):
+    pkg = tmp_path / "galw_d2"
+    shutil.copytree(os.path.join(ROOT, "galw_d2"), pkg, ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), tmp_path / "pyproject.toml")
+    # data (a low layer) importing the engine (a high one), and the detectron2-free core importing torch
+    (pkg / "data" / "bad_layering.py").write_text("from galw_d2.engine import GALWTrainer  # noqa\n")
+    (pkg / "evaluation" / "search.py").write_text((pkg / "evaluation" / "search.py").read_text() + "\nimport torch\n")
+    r = _lint(str(tmp_path), str(tmp_path))
+    assert r.returncode != 0
+    assert "galw_d2 layers BROKEN" in r.stdout and "galw_d2.data.bad_layering -> galw_d2.engine" in r.stdout
+    assert "evaluation core needs neither detectron2 nor torch BROKEN" in r.stdout
