@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Loss-weighting arms x seeds on SynthPS, paired by seed, with confidence intervals (galw_d2/apps/study.py).
 
-    python tools/study.py --output docs/results/study --seeds 0 1 2 3 4 \
+    python tools/study.py --output output/study --publish docs/results/study --seeds 0 1 2 3 4 \
         --arms fixed ulwf rulwf ulwf_grouped galw --preset medium --iters 1000
     python tools/study.py --quick --output output/study_quick      # SynthPS tiny, 4 iterations, 2 seeds
-    python tools/study.py --output docs/results/study --summarize  # statistics of the finished runs only
+    python tools/study.py --output output/study --summarize --publish docs/results/study  # statistics only
 
 Resumable: rerun the same command after an interruption; finished runs are not redone (each leaves
 <output>/seed<S>/<arm>/result.json) and an interrupted training continues from its last checkpoint.
@@ -20,7 +20,7 @@ if "--verbose" not in sys.argv:
     logging.captureWarnings(True)
     warnings.simplefilter("ignore", FutureWarning)
 
-from galw_d2.apps.study import TABLE3_ARMS, StudySettings, run_study, summarize  # noqa: E402
+from galw_d2.apps.study import TABLE3_ARMS, StudySettings, publish, run_study, summarize  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-boot", type=int, default=2000, help="bootstrap resamples of the intervals")
     p.add_argument("--quick", action="store_true", help="tiny smoke version (CI)")
     p.add_argument("--summarize", action="store_true", help="only recompute the statistics of finished runs")
+    p.add_argument("--publish", default=None, metavar="DIR",
+                   help="then copy the light results (summary, report, figure, per-run result.json) to DIR")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     a = p.parse_args(argv)
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
         return 2
     with open(f"{s.output}/report.md") as f:
         print(f.read())
+    if a.publish:
+        print(f"study: published {len(publish(s.output, a.publish))} files to {a.publish}")
     return 0 if not summary["missing_runs"] else 3
 
 

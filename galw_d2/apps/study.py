@@ -41,7 +41,7 @@ from .console import setup_console
 from .evaluation import det_thresh, evaluate_model
 from .recipe import PipelineSettings, build_cfg, prepare_dataset
 
-__all__ = ["StudySettings", "TABLE3_ARMS", "run_study", "summarize", "BASELINES"]
+__all__ = ["StudySettings", "TABLE3_ARMS", "run_study", "summarize", "publish", "BASELINES"]
 
 TABLE3_ARMS = ["fixed", "ulwf", "rulwf", "ulwf_grouped", "galw"]
 BASELINES = ("fixed", "rulwf")
@@ -164,12 +164,17 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
             if not os.path.exists(path):
                 t0 = time.perf_counter()
                 cfg = _arm_cfg(wf, arm, groups, os.path.join(out, arm))
-                trainer = run_training(cfg, _trainer_cls(f"seed {seed} {arm}"), resume=True)
-                r = _score(cfg, trainer, test_name, os.path.join(out, arm, "eval"), f"eval s{seed} {arm}", data["fmt"])
+                try:
+                    trainer = run_training(cfg, _trainer_cls(f"seed {seed} {arm}"), resume=True)
+                    r = _score(cfg, trainer, test_name, os.path.join(out, arm, "eval"), f"eval s{seed} {arm}",
+                               data["fmt"])
+                    del trainer
+                except FloatingPointError as e:  # a diverged run is a result (scored 0), not a crash
+                    log(f"[study] seed {seed} {arm}: DIVERGED: {e}")
+                    r = _diverged_result(p1_result, str(e))
                 r.update(seed=seed, arm=arm, wall_s=round(time.perf_counter() - t0, 1), phase1=False,
                          groups=groups if arm in GROUPED_STRATEGIES else None)
                 _write_json(path, r)
-                del trainer
             done += 1
             with open(path) as f:
                 r = json.load(f)
@@ -177,6 +182,34 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
             log(f"[study] {done}/{total} seed {seed} {arm:<13} mAP {100 * r['mAP']:6.2f}  top-1 {100 * r['top1']:6.2f}"
                 f"  ({r['wall_s']:.0f} s)  elapsed {el / 60:.1f} min")
     return summarize(s.output, s.seeds, s.arms, num_boot=s.num_boot, settings=s)
+
+
+def _diverged_result(reference_result: str, message: str) -> Dict:
+    """A diverged run: every query scores 0 (the same queries as the seed's phase-1 run)."""
+    n = 0
+    if os.path.exists(reference_result):
+        with open(reference_result) as f:
+            n = len(json.load(f)["per_query_ap"])
+    return {"mAP": 0.0, "top1": 0.0, "top5": 0.0, "top10": 0.0, "detection": None, "diverged": message,
+            "per_query_ap": [0.0] * n, "per_query_top1": [0.0] * n}
+
+
+def publish(output: str, dest: str) -> List[str]:
+    """Copy the light results of a study (summary, report, figure, settings, per-run result.json and
+    groups) from ``output`` to ``dest`` (e.g. docs/results/study); checkpoints and saved detections stay."""
+    import glob
+    import shutil
+
+    copied = []
+    pats = ["summary.json", "report.md", "forest.png", "study.json", "seed*/grouping/groups.json",
+            "seed*/grouping/gradient_trends.png", "seed*/*/result.json"]
+    for pat in pats:
+        for src in glob.glob(os.path.join(output, pat)):
+            rel = os.path.relpath(src, output)
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
+            shutil.copyfile(src, os.path.join(dest, rel))
+            copied.append(rel)
+    return copied
 
 
 def _arm_cfg(wf: TwoPhase, arm: str, groups, output_dir: str):
