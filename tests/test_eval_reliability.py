@@ -234,3 +234,30 @@ def test_person_search_evaluator_validates_threshold_and_reports_ties():
     assert out["tie-affected-fraction"] == 1.0 and out["tied-top1-fraction"] == 1.0
     assert out["mAP-pessimistic-ties"] == pytest.approx(7 / 12)
     assert all(isinstance(v, float) for v in out.values())
+
+
+def test_evaluate_search_command_line_prints_one_line_errors(tmp_path, capsys, monkeypatch):
+    """The command line ends with 'evaluate_search: error: ...' and exit 1, not a traceback."""
+    sys.path.insert(0, TOOLS)
+    import evaluate_search as tool
+
+    empty = tmp_path / "r.pth"
+    empty.write_bytes(b"")
+    root = tmp_path / "prw"
+    root.mkdir()
+    assert tool.cli(["--dataset", "prw", "--root", str(root), "--results", str(empty)]) == 1
+    assert capsys.readouterr().err.startswith("evaluate_search: error: PRW: missing file")
+    res = complete_results()
+    del res["gallery"]["A.jpg"]
+    # with a protocol that loads: the results file itself is refused by name
+    import galw_d2.data.datasets.prw as prw
+
+    monkeypatch.setattr(prw, "load_prw_protocol", lambda root, cross_camera=False: protocol())
+    path = save_results(str(tmp_path / "partial.pth"), res)
+    assert tool.cli(["--dataset", "prw", "--root", str(root), "--results", path]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"evaluate_search: error: {path}: 1 of 5 protocol gallery images have no entry")
+    assert tool.cli(["--dataset", "prw", "--root", str(root), "--results", str(empty)]) == 1
+    assert f"results file {empty}: the file is empty" in capsys.readouterr().err
+    assert tool.cli(["--dataset", "prw", "--root", str(root), "--results", path, "--allow-partial"]) == 0
+    assert "1 protocol gallery images are missing" in capsys.readouterr().err

@@ -157,5 +157,16 @@ def main(argv=None):
     return result
 
 
+def cli(argv=None) -> int:
+    """Command-line entry: bad input (file, protocol, values) ends with a one-line error and exit 1,
+    not a traceback (``main`` raises, for callers and tests)."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"evaluate_search: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

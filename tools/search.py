@@ -240,5 +240,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """Command-line entry: bad input (weights, images, config/weights mismatch) ends with a one-line error
+    and exit 1, not a traceback (``main`` raises, for callers and tests)."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"search: error: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -31,7 +31,7 @@ from detectron2.evaluation import verify_results  # noqa: E402
 from galw_d2 import add_galw_config  # noqa: E402
 from galw_d2.attributes.pseudo_labels import register_pseudo_labels_from_config  # noqa: E402
 from galw_d2.engine.person_search import PersonSearchTrainer  # noqa: E402
-from galw_d2.utils.checkpoint import load_model_weights  # noqa: E402
+from galw_d2.utils.checkpoint import WeightsMismatchError, load_model_weights  # noqa: E402
 
 logger = logging.getLogger("galw_d2.train_net")
 
@@ -94,14 +94,17 @@ def build_argument_parser():
 def invoke_main() -> None:
     args = build_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except WeightsMismatchError as e:  # --eval-only with weights that do not fit the config
+        sys.exit(f"train_net: error: {e}")
 
 
 if __name__ == "__main__":
