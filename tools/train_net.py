@@ -64,7 +64,8 @@ def load_eval_weights(cfg, model, args):
         raise ValueError("--eval-only needs trained weights: MODEL.WEIGHTS <file.pth> (or --resume with a "
                          f"checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR})")
     logger.info(f"[eval-only] loading {path}")
-    return load_model_weights(model, path, allow_partial=args.allow_partial_weights)
+    # getattr: callers may build args with detectron2's own default_argument_parser()
+    return load_model_weights(model, path, allow_partial=getattr(args, "allow_partial_weights", False))
 
 
 def main(args):
