@@ -48,7 +48,8 @@ def test_random_empty_and_truncated_files(ckpt, tmp_path):
 
 def test_edited_checkpoints(ckpt, tmp_path):
     p = _edit(ckpt, tmp_path, lambda o: o["config"].update(num_attributes=5))
-    with pytest.raises(ValueError, match=r"edited\.pth: the weights do not match its 'config'.*tensors of another shape"):
+    with pytest.raises(ValueError, match=r"edited\.pth: the weights do not match its 'config'.*"
+                                         r"tensors of another shape"):
         load_recognizer(p)
     p = _edit(ckpt, tmp_path, lambda o: o.update(attribute_names=["male"]))
     with pytest.raises(ValueError, match=r"edited\.pth: 'attribute_names' has 1 names but the model has 2"):

@@ -13,7 +13,6 @@ import pytest
 from galw_d2.data.protocol import GalleryImage, SearchProtocol, SearchQuery
 from galw_d2.evaluation import evaluate_search, load_results, save_results, validate_results
 from galw_d2.evaluation.detection import evaluate_detection
-from galw_d2.evaluation.results import check_against_protocol
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 P = [0, 0, 50, 100]

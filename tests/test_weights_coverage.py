@@ -111,6 +111,10 @@ def test_search_tool_refuses_mismatched_weights(ra_weights):
     cfg_file = os.path.join(ROOT, "configs/synthps/nae_R18_tiny_synthps.yaml")
     with pytest.raises(WeightsMismatchError, match="roi_heads.res5"):
         search.load_model(cfg_file, path, [])
+    empty = os.path.join(os.path.dirname(path), "empty.pth")
+    open(empty, "wb").close()
+    with pytest.raises(ValueError, match=f"weights file {empty}: the file is empty"):
+        search.load_model(cfg_file, empty, [])
     cfg, model = search.load_model(cfg_file, path, [], allow_partial_weights=True)
     assert not model.training
     args = search.parse_args(["--config-file", cfg_file, "--weights", path, "--query-crop", "q.jpg", "--gallery", "g",

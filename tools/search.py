@@ -133,7 +133,6 @@ def _read_error(path: str, e: Exception) -> str:
 def search(cfg, model, query: Dict, gallery_paths: List[str], topk: int, det_thresh: float):
     """Returns (query_feat (D,), hits: list of dicts sorted by similarity, number of detections, skipped:
     [(path, reason)] of the gallery images that could not be read; they are skipped with a warning)."""
-    import numpy as np  # noqa: F401
     import torch
     from tqdm import tqdm
 
