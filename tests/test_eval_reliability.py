@@ -78,11 +78,16 @@ def test_path_style_and_unknown_image_keys():
         validate_results(res, protocol=protocol(), source="r.pth", allow_partial=True)
 
 
-def test_inverted_boxes_are_an_error_naming_the_detection():
+def test_inverted_boxes_and_out_of_range_scores_are_errors_naming_the_detection():
     res = complete_results()
     res["gallery"]["B.jpg"]["boxes"] = np.array([[50, 0, 0, 100]], np.float32)
     with pytest.raises(ValueError, match=r"gallery image 'B\.jpg': 'boxes' has x2 < x1 or y2 < y1 in 1 of 1 "
                                          r"detections \(first: detection 0, \[50.0, 0.0, 0.0, 100.0\]\)"):
+        validate_results(res, source="r.pth")
+    res = complete_results()
+    res["gallery"]["C.jpg"]["scores"] = np.array([2.5], np.float32)  # logits instead of probabilities
+    with pytest.raises(ValueError, match=r"gallery image 'C\.jpg': 'scores' must be detection probabilities in "
+                                         r"\[0, 1\]; 1 of 1 are not \(first: detection 0, 2\.5\)"):
         validate_results(res, source="r.pth")
     res = complete_results()
     res["queries"][0]["box"] = [0, 100, 50, 0]

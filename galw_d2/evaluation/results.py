@@ -23,7 +23,7 @@ numpy arrays and torch tensors are both accepted on load)::
 
 Validation (:func:`validate_results`) raises ``ValueError`` naming the file, the image / query, the
 field and the first offending values for: wrong shapes, N mismatch between boxes/scores/feats,
-NaN/inf anywhere, boxes with x2 < x1 or y2 < y1, path-style image keys, feature sizes that differ
+NaN/inf anywhere, scores outside [0, 1], boxes with x2 < x1 or y2 < y1, path-style image keys, feature sizes that differ
 between images or between gallery and queries, and (with a protocol, :func:`check_against_protocol`)
 an empty gallery, gallery images the protocol does not know, protocol gallery images without an
 entry, and a query count or query image that does not match the protocol. :func:`load_results` also
@@ -120,6 +120,12 @@ def validate_results(results: Mapping, protocol=None, source: str = "results", a
                 if bad.any():
                     raise ValueError(f"{where}: '{field}' has NaN/inf in {int(bad.sum())} of {n} detections "
                                      f"(first: detection {int(np.flatnonzero(bad)[0])})")
+            # (a float32 softmax may round a hair past 1)
+            out_of_range = np.flatnonzero((scores < -1e-6) | (scores > 1 + 1e-6))
+            if out_of_range.size:
+                i = int(out_of_range[0])
+                raise ValueError(f"{where}: 'scores' must be detection probabilities in [0, 1]; {out_of_range.size} "
+                                 f"of {n} are not (first: detection {i}, {float(scores[i])}); logits?")
             inv = np.flatnonzero(_inverted(boxes))
             if inv.size:
                 raise ValueError(f"{where}: 'boxes' has x2 < x1 or y2 < y1 in {inv.size} of {n} detections (first: "
