@@ -168,3 +168,7 @@ def test_search_skips_unreadable_gallery_images(tmp_path, ra_weights, capsys):
     with pytest.raises(SystemExit):
         search.parse_args(["--config-file", "c", "--weights", "w", "--query-crop", "q", "--gallery", "g",
                            "--det-thresh", "nan"])
+    # the command line: one-line errors, exit 1
+    assert search.cli(["--config-file", "c", "--weights", path, "--query-crop", str(gal / "zero.jpg"),
+                       "--gallery", str(gal)]) == 1
+    assert "search: error: --query-crop " in capsys.readouterr().err

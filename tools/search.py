@@ -197,21 +197,31 @@ def draw(query: Dict, hits: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
+def _image_size(path: str, flag: str):
+    """(width, height) of an image file; ``ValueError`` naming ``flag`` and the path if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{flag} {_read_error(path, e)}") from e
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from PIL import Image
 
     gallery = list_images(args.gallery)
     if args.query_crop:
         if not os.path.exists(args.query_crop):
             raise FileNotFoundError(f"--query-crop {args.query_crop}: no such file")
-        w, h = Image.open(args.query_crop).size
+        w, h = _image_size(args.query_crop, "--query-crop")
         query = {"path": args.query_crop, "box": [0.0, 0.0, float(w), float(h)]}
     else:
         if not os.path.exists(args.query_image):
             raise FileNotFoundError(f"--query-image {args.query_image}: no such file")
-        w, h = Image.open(args.query_image).size
+        w, h = _image_size(args.query_image, "--query-image")
         x1, y1, x2, y2 = args.query_box
         if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
             raise ValueError(f"--query-box {args.query_box}: expected 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h} "
