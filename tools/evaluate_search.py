@@ -80,7 +80,8 @@ def score(args, gallery_size, detection=True):
         "tie_rule": args.tie_rule, "missing_gallery_images": s["missing_gallery_images"],
         "inference_settings": res.get("settings", {}),
     }
-    result["ties"] = s["ties"]
+    # NaN (fewer than 2 detections) is not JSON: null
+    result["ties"] = {k: (None if isinstance(v, float) and v != v else v) for k, v in s["ties"].items()}
     return result, protocol, res
 
 
