@@ -239,6 +239,10 @@ def add_evaluation_config(cfg: CN) -> None:
     # Write search_results.pth into the evaluator's output folder (the trainer's:
     # OUTPUT_DIR/inference/<dataset>/): the saved-results file tools/evaluate_search.py re-scores.
     _C.TEST.PERSON_SEARCH.SAVE_RESULTS = False
+    # Order of equal similarities: "standard" (gallery order, as the published protocol code) or
+    # "pessimistic" (false positives first). Both are always computed; collapsed or heavily tied
+    # embeddings are reported either way (docs/evaluation.md, "Ties and collapsed embeddings").
+    _C.TEST.PERSON_SEARCH.TIE_RULE = "standard"
 
 
 def add_attribute_config(cfg: CN) -> None:

@@ -166,8 +166,9 @@ def _gallery_only():
 
 
 # ------------------------------------------------------------------ the re-scoring tool on real loaders (SynthPS)
-def _oracle_results(protocol, drop=()):
-    """GT boxes as detections, one-hot-by-pid features (unlabeled: their own direction)."""
+def _oracle_results(protocol, drop=(), empty=()):
+    """GT boxes as detections, one-hot-by-pid features (unlabeled: their own direction); images in
+    ``drop`` get no entry, images in ``empty`` an entry without detections."""
     pids = sorted({int(p) for g in protocol.gallery.values() for p in g.pids if p >= 0} | {q.pid for q in protocol.queries})
     col = {p: i for i, p in enumerate(pids)}
     dim = len(pids) + sum(int((g.pids < 0).sum()) for g in protocol.gallery.values()) + 1
@@ -184,6 +185,9 @@ def _oracle_results(protocol, drop=()):
                 feats[j, extra] = 1
                 extra += 1
         gallery[n] = {"boxes": g.boxes, "scores": np.ones(len(g.pids), np.float32), "feats": feats}
+        if n in empty:
+            gallery[n] = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+                          "feats": np.zeros((0, dim), np.float32)}
     queries = []
     for q in protocol.queries:
         v = np.zeros(dim, np.float32)
@@ -215,12 +219,21 @@ def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt, gsize):
     assert out["search"]["mAP"] == pytest.approx(1.0) and out["search"]["top1"] == 1.0
     assert out["detection"]["recall"] == 1.0 and out["detection"]["AP"] == pytest.approx(1.0)
     assert json.load(open(tmp_path / "o.json"))["settings"]["det_thresh"] == 0.5
-    # drop the results of one image holding query 0's person: its queries' recall drops by 1 / count_gt
+    # no detections in one image holding query 0's person: its queries' recall drops by 1 / count_gt
     q0 = proto.queries[0]
     holder = next(n for n, g in proto.gallery.items() if n != q0.image and q0.pid in g.pids
                   and (proto.rule != "explicit" or n in {m for m, b in q0.gallery if b is not None}))
-    path = save_results(str(tmp_path / "r2.pth"), _oracle_results(proto, drop={holder}))
+    path = save_results(str(tmp_path / "r2.pth"), _oracle_results(proto, empty={holder}))
     out2 = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path] + extra)
+    assert out2["settings"]["missing_gallery_images"] == 0
+    # the same image without an entry at all: a partial file is refused, or scored the same when allowed
+    path = save_results(str(tmp_path / "r3.pth"), _oracle_results(proto, drop={holder}))
+    with pytest.raises(ValueError, match=rf"r3\.pth: 1 of {len(proto.gallery)} protocol gallery images have no "
+                                         rf"entry \(e\.g\. '{holder}'\)"):
+        evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path] + extra)
+    out3 = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path, "--allow-partial"] + extra)
+    assert out3["settings"]["missing_gallery_images"] == 1
+    assert out3["search"] == out2["search"]
     expect = []
     for q in proto.queries:
         if proto.rule == "explicit":

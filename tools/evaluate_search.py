@@ -12,8 +12,15 @@ Examples:
     python tools/evaluate_search.py --dataset cuhk_sysu --root DIR --results R.pth --topk-figure fig5.png \
         --figure-queries 0 1 2
 
-The JSON: {"search": {"mAP", "top1", "top5", "top10"}, "detection": {"AP", "recall"}, "settings": {...}}
-(fractions in [0, 1]; with --sweep, "sweep": {gallery_size: {...}} as well).
+The JSON: {"search": {"mAP", "top1", "top5", "top10"}, "detection": {"AP", "recall"}, "settings": {...},
+"ties": {"standard": {...}, "pessimistic": {...}, "tied_top1_fraction", "affected_fraction",
+"feature_spread", "collapsed", "warning"}} (fractions in [0, 1]; with --sweep, "sweep":
+{gallery_size: {...}} as well).
+
+A results file that does not cover the protocol's gallery (missing or unknown images, path-style keys,
+an empty gallery), inverted boxes, NaN/inf values or an unreadable file stop with an error naming the
+file, field and values; --allow-partial scores missing images as images without detections (and
+reports how many). Collapsed or heavily tied embeddings print a WARNING with the pessimistic numbers.
 """
 import argparse
 import json
@@ -23,8 +30,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from galw_d2.evaluation.evaluator import evaluate_results  # noqa: E402
+from galw_d2.evaluation.scoring import evaluate_results  # noqa: E402
 from galw_d2.evaluation.results import load_results  # noqa: E402
+from galw_d2.evaluation.search import TIE_RULES, check_det_thresh  # noqa: E402
 
 logger = logging.getLogger("evaluate_search")
 
@@ -47,10 +55,19 @@ def image_dir(dataset, root):
     return os.path.join(root, "Image", "SSM") if dataset == "cuhk_sysu" else os.path.join(root, "frames")
 
 
+def _det_thresh(text: str) -> float:
+    """argparse type of --det-thresh: a finite number in [0, 1)."""
+    try:
+        return check_det_thresh(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def score(args, gallery_size, detection=True):
     protocol = load_protocol(args.dataset, args.root, gallery_size, args.subset, args.cross_camera, args.box_convention)
-    res = load_results(args.results, protocol=protocol)
-    out = evaluate_results(protocol, res, det_thresh=args.det_thresh, detection=detection, progress=args.progress)
+    res = load_results(args.results, protocol=protocol, allow_partial=args.allow_partial)
+    out = evaluate_results(protocol, res, det_thresh=args.det_thresh, detection=detection, progress=args.progress,
+                           allow_partial=args.allow_partial, tie_rule=args.tie_rule, source=args.results)
     s = out["search"]
     result = {"search": {k: s[k] for k in ("mAP", "top1", "top5", "top10")}}
     if "detection" in out:
@@ -61,8 +78,11 @@ def score(args, gallery_size, detection=True):
         "cross_camera": args.cross_camera, "subset": args.subset, "box_convention": args.box_convention,
         "num_queries": s["num_queries"],
         "num_queries_without_gt": s["num_queries_without_gt"], "results_file": os.path.abspath(args.results),
+        "tie_rule": args.tie_rule, "missing_gallery_images": s["missing_gallery_images"],
         "inference_settings": res.get("settings", {}),
     }
+    # NaN (fewer than 2 detections) is not JSON: null
+    result["ties"] = {k: (None if isinstance(v, float) and v != v else v) for k, v in s["ties"].items()}
     return result, protocol, res
 
 
@@ -72,7 +92,14 @@ def main(argv=None):
     ap.add_argument("--root", required=True, help="dataset root (the official layout, or a SynthPS root)")
     ap.add_argument("--results", required=True, help="saved-results file (torch.save'd dict)")
     ap.add_argument("--gallery-size", type=int, default=100, help="CUHK-SYSU TestG{N}; -1 = full test set")
-    ap.add_argument("--det-thresh", type=float, default=0.5, help="detection score threshold (always reported)")
+    ap.add_argument("--det-thresh", type=_det_thresh, default=0.5,
+                    help="detection score threshold in [0, 1) (always reported)")
+    ap.add_argument("--tie-rule", default="standard", choices=TIE_RULES,
+                    help="order of equal similarities: standard (gallery order, the published protocol) or "
+                         "pessimistic (false positives first); both are in the JSON's 'ties'")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="score protocol gallery images missing from the results file as images without "
+                         "detections (default: an error); the count is reported")
     ap.add_argument("--cross-camera", action="store_true", help="PRW: gallery = other cameras only")
     ap.add_argument("--subset", default=None, choices=["Occlusion", "Resolution"], help="CUHK-SYSU query subset")
     ap.add_argument("--box-convention", default="standard", choices=["standard", "geometric"],
@@ -93,6 +120,11 @@ def main(argv=None):
           + " ".join(f"{k}={100 * v:.2f}%" for k, v in result["search"].items())
           + ("" if "detection" not in result else
              " | detection " + " ".join(f"{k}={100 * v:.2f}%" for k, v in result["detection"].items())))
+    if result["settings"]["missing_gallery_images"]:
+        print(f"WARNING: {result['settings']['missing_gallery_images']} protocol gallery images are missing from "
+              f"{args.results} and were scored as images without detections (--allow-partial)", file=sys.stderr)
+    if result["ties"]["warning"]:
+        print(f"WARNING: {result['ties']['warning']}", file=sys.stderr)
     if args.sweep:
         if args.dataset != "cuhk_sysu":
             raise SystemExit("--sweep applies to CUHK-SYSU only")
@@ -130,5 +162,16 @@ def main(argv=None):
     return result
 
 
+def cli(argv=None) -> int:
+    """Command-line entry: bad input (file, protocol, values) ends with a one-line error and exit 1,
+    not a traceback (``main`` raises, for callers and tests)."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"evaluate_search: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -40,12 +40,22 @@ def parse_args(argv=None):
     p.add_argument("--det-thresh", type=float, default=None,
                    help="minimum detection score of a gallery person (default cfg.TEST.PERSON_SEARCH.DET_THRESH)")
     p.add_argument("--output", default=os.path.join(ROOT, "output", "search"), help="output folder")
+    p.add_argument("--allow-partial-weights", action="store_true",
+                   help="run even when --weights does not cover the model (tensors left randomly initialised; "
+                        "default: an error naming them)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
     if a.query_image and a.query_box is None:
         p.error("--query-image needs --query-box X1 Y1 X2 Y2")
     if a.topk < 1:
         p.error(f"--topk must be >= 1, got {a.topk}")
+    if a.det_thresh is not None:
+        from galw_d2.evaluation.search import check_det_thresh
+
+        try:
+            a.det_thresh = check_det_thresh(a.det_thresh)
+        except ValueError as e:
+            p.error(f"--det-thresh: {e}")
     return a
 
 
@@ -60,13 +70,14 @@ def list_images(folder: str) -> List[str]:
     return sorted(out)
 
 
-def load_model(cfg_file: str, weights: str, opts):
+def load_model(cfg_file: str, weights: str, opts, allow_partial_weights: bool = False):
+    """(frozen cfg, model in eval mode); the weights must cover the model (galw_d2.engine.weights)."""
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     from galw_d2 import add_galw_config
+    from galw_d2.engine.weights import load_model_weights
 
     if not os.path.exists(weights):
         raise FileNotFoundError(f"--weights {weights}: no such file")
@@ -82,15 +93,15 @@ def load_model(cfg_file: str, weights: str, opts):
         cfg.MODEL.PERSON_SEARCH.NUM_PIDS = _num_pids_from_checkpoint(weights)
     cfg.freeze()
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    load_model_weights(model, weights, allow_partial=allow_partial_weights)
     model.eval()
     return cfg, model
 
 
 def _num_pids_from_checkpoint(path: str) -> int:
-    import torch
+    from galw_d2.engine.weights import read_weights_file
 
-    sd = torch.load(path, map_location="cpu", weights_only=False)
+    sd = read_weights_file(path)
     sd = sd.get("model", sd)
     for k, v in sd.items():
         if k.endswith(("lut", "lookup_table", "table")) and hasattr(v, "shape") and v.ndim == 2:
@@ -115,18 +126,33 @@ def _inputs(cfg, path: str, boxes=None) -> Dict:
     return PersonSearchDatasetMapper(cfg, is_train=False)(rec), (h, w)
 
 
+def _read_error(path: str, e: Exception) -> str:
+    return f"{path}: cannot be read as an image ({type(e).__name__}: {e})"
+
+
 def search(cfg, model, query: Dict, gallery_paths: List[str], topk: int, det_thresh: float):
-    """Returns (query_feat (D,), hits: list of dicts, sorted by similarity)."""
-    import numpy as np
+    """Returns (query_feat (D,), hits: list of dicts sorted by similarity, number of detections, skipped:
+    [(path, reason)] of the gallery images that could not be read; they are skipped with a warning)."""
     import torch
     from tqdm import tqdm
 
+    skipped = []
     with torch.no_grad():
-        inp, _ = _inputs(cfg, query["path"], [query["box"]])
+        try:
+            inp, _ = _inputs(cfg, query["path"], [query["box"]])
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated / unidentified image
+            raise ValueError("query image " + _read_error(query["path"], e)) from e
         qf = model([inp])[0]["box_embeddings"][0].float().cpu().numpy()
         cands = []
         for p in tqdm(gallery_paths, desc="gallery", unit="img"):
-            inst = model([_inputs(cfg, p)[0]])[0]["instances"].to("cpu")
+            try:
+                gin = _inputs(cfg, p)[0]
+            except (OSError, ValueError, SyntaxError) as e:
+                # one bad file must not abort the whole search: skip it, say so, list it in topk.json
+                print(f"[search] WARNING: skipping gallery image {_read_error(p, e)}", file=sys.stderr)
+                skipped.append((p, f"{type(e).__name__}: {e}"))
+                continue
+            inst = model([gin])[0]["instances"].to("cpu")
             keep = inst.scores >= det_thresh
             if keep.sum() == 0:
                 continue
@@ -135,10 +161,13 @@ def search(cfg, model, query: Dict, gallery_paths: List[str], topk: int, det_thr
             sims = inst.embeddings[keep].float().numpy() @ qf
             for b, s, sim in zip(boxes, scores, sims):
                 cands.append({"image": p, "box": [float(x) for x in b], "score": float(s), "similarity": float(sim)})
+    if len(skipped) == len(gallery_paths):
+        raise ValueError(f"none of the {len(gallery_paths)} gallery images could be read (first: "
+                         f"{skipped[0][0]}: {skipped[0][1]})")
     cands.sort(key=lambda c: -c["similarity"])
     for r, c in enumerate(cands):
         c["rank"] = r + 1
-    return qf, cands[:topk], len(cands)
+    return qf, cands[:topk], len(cands), skipped
 
 
 def draw(query: Dict, hits: List[Dict], path: str) -> None:
@@ -168,36 +197,51 @@ def draw(query: Dict, hits: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
+def _image_size(path: str, flag: str):
+    """(width, height) of an image file; ``ValueError`` naming ``flag`` and the path if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{flag} {_read_error(path, e)}") from e
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from PIL import Image
 
     gallery = list_images(args.gallery)
     if args.query_crop:
         if not os.path.exists(args.query_crop):
             raise FileNotFoundError(f"--query-crop {args.query_crop}: no such file")
-        w, h = Image.open(args.query_crop).size
+        w, h = _image_size(args.query_crop, "--query-crop")
         query = {"path": args.query_crop, "box": [0.0, 0.0, float(w), float(h)]}
     else:
         if not os.path.exists(args.query_image):
             raise FileNotFoundError(f"--query-image {args.query_image}: no such file")
-        w, h = Image.open(args.query_image).size
+        w, h = _image_size(args.query_image, "--query-image")
         x1, y1, x2, y2 = args.query_box
         if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
             raise ValueError(f"--query-box {args.query_box}: expected 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h} "
                              f"(the size of {args.query_image})")
         query = {"path": args.query_image, "box": [x1, y1, x2, y2]}
-    cfg, model = load_model(args.config_file, args.weights, args.opts)
+    cfg, model = load_model(args.config_file, args.weights, args.opts, args.allow_partial_weights)
     thr = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
-    _, hits, total = search(cfg, model, query, gallery, args.topk, thr)
+    _, hits, total, skipped = search(cfg, model, query, gallery, args.topk, thr)
     os.makedirs(args.output, exist_ok=True)
     out = {"query": query, "gallery": os.path.abspath(args.gallery), "num_gallery_images": len(gallery),
-           "num_detections": total, "det_thresh": float(thr), "weights": os.path.abspath(args.weights), "hits": hits}
+           "num_detections": total, "det_thresh": float(thr), "weights": os.path.abspath(args.weights), "hits": hits,
+           "skipped_images": [{"image": p, "reason": r} for p, r in skipped]}
     with open(os.path.join(args.output, "topk.json"), "w") as f:
         json.dump(out, f, indent=2)
     draw(query, hits, os.path.join(args.output, "topk.png"))
-    print(f"[search] {total} persons detected in {len(gallery)} images (score >= {thr}); top {len(hits)}:")
+    print(f"[search] {total} persons detected in {len(gallery) - len(skipped)} images (score >= {thr}); "
+          f"top {len(hits)}:")
+    if skipped:
+        print(f"[search] WARNING: {len(skipped)} unreadable gallery images were skipped (listed in topk.json)",
+              file=sys.stderr)
     for hh in hits:
         print(f"[search]   #{hh['rank']} sim {hh['similarity']:.3f}  {hh['image']}  box "
               + " ".join(f"{v:.0f}" for v in hh["box"]))
@@ -205,5 +249,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """Command-line entry: bad input (weights, images, config/weights mismatch) ends with a one-line error
+    and exit 1, not a traceback (``main`` raises, for callers and tests)."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"search: error: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -58,9 +58,14 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> Dict[str, List[str]
     """Load a torchreid/ImageNet state dict into ``backbone`` (names and shapes must match; the
     classifier and anything else that does not match is skipped). Returns {"loaded", "skipped"};
     raises if nothing matches."""
+    from galw_d2.evaluation.results import torch_load_file
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"backbone weights {path!r} not found")
-    sd = _strip_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+    obj = torch_load_file(path, "backbone weights")
+    if not isinstance(obj, dict):
+        raise ValueError(f"backbone weights {path}: expected a state dict, got {type(obj).__name__}")
+    sd = _strip_state_dict(obj)
     own = backbone.state_dict()
     ok = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
     if not ok:
@@ -167,15 +172,59 @@ def save_checkpoint(model: AttributeRecognizer, path: str, attribute_names: Sequ
 
 
 def load_recognizer(path: str, map_location="cpu"):
-    """(model in eval mode, attribute_names, checkpoint sha256) from a :func:`save_checkpoint` file."""
+    """(model in eval mode, attribute_names, checkpoint sha256) from a :func:`save_checkpoint` file.
+
+    A random, empty, truncated or edited file raises ``ValueError`` naming the path and the field
+    (format, config, attribute names, tensors that do not fit the config, NaN/inf tensors).
+    """
+    from galw_d2.evaluation.results import torch_load_file
+
+    what = "attribute recognizer checkpoint"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"attribute recognizer checkpoint {path!r} not found")
-    obj = torch.load(path, map_location=map_location, weights_only=False)
+        raise FileNotFoundError(f"{what} {path!r} not found")
+    obj = torch_load_file(path, what)
     if not isinstance(obj, dict) or obj.get("format") != "galw_d2.attribute_recognizer":
         raise ValueError(f"{path!r} is not a galw_d2 attribute recognizer checkpoint (no format "
                          "'galw_d2.attribute_recognizer'); backbone-only weights go to ATTRIBUTE_NET.BACKBONE_WEIGHTS")
+    for field, typ in (("model", dict), ("config", dict), ("attribute_names", (list, tuple))):
+        if field not in obj:
+            raise ValueError(f"{what} {path}: missing field '{field}'")
+        if not isinstance(obj[field], typ):
+            raise ValueError(f"{what} {path}: field '{field}' must be a {typ}, got {type(obj[field]).__name__}")
     cfg = dict(obj["config"])
-    model = AttributeRecognizer(cfg.pop("num_attributes"), **cfg)
+    import inspect
+
+    known = set(inspect.signature(AttributeRecognizer.__init__).parameters) - {"self", "backbone_weights"}
+    unknown = sorted(set(cfg) - known)
+    if unknown or "num_attributes" not in cfg:
+        raise ValueError(f"{what} {path}: 'config' has unknown keys {unknown}" if unknown else
+                         f"{what} {path}: 'config' has no 'num_attributes'")
+    try:
+        model = AttributeRecognizer(cfg.pop("num_attributes"), **cfg)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{what} {path}: 'config' cannot build the model ({type(e).__name__}: {e})") from e
+    for k, v in obj["model"].items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{what} {path}: tensor '{k}' has NaN/inf values")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(obj["model"]))
+    extra = sorted(set(obj["model"]) - set(own))
+    shapes = [(k, tuple(v.shape), tuple(obj["model"][k].shape)) for k, v in own.items()
+              if k in obj["model"] and tuple(v.shape) != tuple(getattr(obj["model"][k], "shape", ()))]
+    if missing or extra or shapes:
+        detail = []
+        if shapes:
+            detail.append(f"{len(shapes)} tensors of another shape (e.g. {shapes[0][0]}: config {shapes[0][1]}, "
+                          f"file {shapes[0][2]})")
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if extra:
+            detail.append(f"{len(extra)} unexpected (e.g. {extra[:3]})")
+        raise ValueError(f"{what} {path}: the weights do not match its 'config' {obj['config']}: " + "; ".join(detail))
+    names = list(obj["attribute_names"])
+    if len(names) != model.num_attributes:
+        raise ValueError(f"{what} {path}: 'attribute_names' has {len(names)} names but the model has "
+                         f"{model.num_attributes} attributes")
     model.load_state_dict(obj["model"])
     model.eval()
-    return model, list(obj["attribute_names"]), file_sha256(path)
+    return model, names, file_sha256(path)

@@ -2,6 +2,7 @@
 the detectron2 evaluator and plots. See docs/evaluation.md."""
 from .detection import evaluate_detection, match_detections  # noqa: F401
 from .results import build_results, load_results, save_results, validate_results  # noqa: F401
+from .scoring import evaluate_results  # noqa: F401
 from .search import average_precision, evaluate_search, iou_threshold, score_query  # noqa: F401
 
 __all__ = [
@@ -25,8 +26,4 @@ def __getattr__(name):  # lazy: the core must not import detectron2
         from .evaluator import PersonSearchEvaluator
 
         return PersonSearchEvaluator
-    if name == "evaluate_results":
-        from .evaluator import evaluate_results
-
-        return evaluate_results
     raise AttributeError(name)

@@ -12,7 +12,7 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from .search import _ap_sorted, pairwise_iou
+from .search import _ap_sorted, check_det_thresh, pairwise_iou
 
 __all__ = ["evaluate_detection", "match_detections"]
 
@@ -38,6 +38,7 @@ def evaluate_detection(gallery_gt: Mapping, detections: Mapping[str, Mapping[str
     Returns:
         ``{"AP": float, "recall": float, "num_gt": int, "num_det": int}`` (fractions).
     """
+    det_thresh = check_det_thresh(det_thresh)
     labels, scores = [], []
     count_gt = count_tp = 0
     for name, g in gallery_gt.items():

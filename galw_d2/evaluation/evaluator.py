@@ -16,7 +16,9 @@ Upper-bound mode: the mapper passes the GT boxes of every gallery image as ``emb
 ``evaluate()`` returns (on the main process; ``{}`` elsewhere)::
 
     {"search": {"mAP", "top1", "top5", "top10", "det-thresh", "gallery-size", "cross-camera",
-                "query-mode-best-iou", "upper-bound", "num-queries", "query-fallbacks"},
+                "query-mode-best-iou", "upper-bound", "num-queries", "query-fallbacks",
+                "tie-rule-pessimistic", "tied-top1-fraction", "tie-affected-fraction", "feature-spread",
+                "embeddings-collapsed", "mAP-pessimistic-ties", ... (the other tie rule's metrics)},
      "detection": {"AP", "recall", "det-thresh"}}        # no "detection" in upper-bound mode
 
 Fractions in [0, 1]. Every value is a float (EvalHook requirement); keys containing "-" are the
@@ -28,7 +30,7 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -36,31 +38,14 @@ import torch
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from .detection import evaluate_detection
-from .results import check_against_protocol, save_results, validate_results
-from .search import evaluate_search, pairwise_iou
+from .results import save_results, validate_results
+from .scoring import evaluate_results
+from .search import TIE_RULES, check_det_thresh, pairwise_iou
 
 __all__ = ["PersonSearchEvaluator", "evaluate_results", "QUERY_MODES"]
 
 QUERY_MODES = ("box", "best_iou")
 logger = logging.getLogger(__name__)
-
-
-def evaluate_results(protocol, results: Mapping, det_thresh: float = 0.5, detection: bool = True,
-                     progress: bool = False, **search_kwargs) -> Dict:
-    """Score a (validated or raw) results dict against a protocol.
-
-    Returns ``{"search": {mAP, top1, top5, top10, num_queries, num_queries_without_gt},
-    "detection": {AP, recall, num_gt, num_det}}`` (no "detection" when ``detection=False``).
-    """
-    res = validate_results(results)
-    check_against_protocol(res, protocol)
-    qf = np.stack([q["feat"] for q in res["queries"]]) if res["queries"] else np.zeros((0, 0), np.float32)
-    out = {"search": evaluate_search(protocol, res["gallery"], qf, det_thresh=det_thresh, progress=progress,
-                                     **search_kwargs)}
-    if detection:
-        out["detection"] = evaluate_detection(protocol.gallery, res["gallery"], det_thresh=det_thresh)
-    return out
 
 
 def _np(x) -> np.ndarray:
@@ -78,8 +63,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
         cfg: optional config; reads ``TEST.PERSON_SEARCH.*`` (keyword arguments override it).
         output_dir: where the saved-results file goes (``search_results.pth``) when ``save_results``.
         distributed: gather the predictions of every rank on the main process.
-        det_thresh, query_mode, gallery_size, cross_camera, subset, upper_bound, save_results: the
-            settings (see ``add_evaluation_config``).
+        det_thresh, query_mode, gallery_size, cross_camera, subset, upper_bound, save_results, tie_rule:
+            the settings (see ``add_evaluation_config``); ``det_thresh`` must be finite and in [0, 1).
         protocol: a ready :class:`~galw_d2.data.protocol.SearchProtocol` (skips the dataset lookup).
     """
 
@@ -87,7 +72,7 @@ class PersonSearchEvaluator(DatasetEvaluator):
                  det_thresh: Optional[float] = None, query_mode: Optional[str] = None,
                  gallery_size: Optional[int] = None, cross_camera: Optional[bool] = None,
                  subset: Optional[str] = None, upper_bound: Optional[bool] = None,
-                 save_results: Optional[bool] = None, protocol=None):
+                 save_results: Optional[bool] = None, protocol=None, tie_rule: Optional[str] = None):
         ps = cfg.TEST.PERSON_SEARCH if cfg is not None else None
 
         def pick(value, key, default):
@@ -98,13 +83,16 @@ class PersonSearchEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._distributed = distributed
-        self.det_thresh = float(pick(det_thresh, "DET_THRESH", 0.5))
+        self.det_thresh = check_det_thresh(pick(det_thresh, "DET_THRESH", 0.5))
         self.query_mode = str(pick(query_mode, "QUERY_MODE", "box"))
         self.gallery_size = int(pick(gallery_size, "GALLERY_SIZE", 100))
         self.cross_camera = bool(pick(cross_camera, "CROSS_CAMERA", False))
         self.subset = pick(subset, "SUBSET", "") or None
         self.upper_bound = bool(pick(upper_bound, "UPPER_BOUND", False))
         self.save = bool(pick(save_results, "SAVE_RESULTS", False))
+        self.tie_rule = str(pick(tie_rule, "TIE_RULE", "standard"))
+        if self.tie_rule not in TIE_RULES:
+            raise ValueError(f"PersonSearchEvaluator: tie_rule {self.tie_rule!r}, expected one of {TIE_RULES}")
         if self.query_mode not in QUERY_MODES:
             raise ValueError(f"PersonSearchEvaluator: query_mode {self.query_mode!r}, expected one of {QUERY_MODES}")
         self._protocol = protocol
@@ -203,7 +191,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
         p = self._protocol
         return {"dataset": self._dataset_name, "protocol": f"{p.dataset}/{p.name}" if p is not None else None,
                 "det_thresh": self.det_thresh, "query_mode": self.query_mode, "gallery_size": self.gallery_size,
-                "cross_camera": self.cross_camera, "subset": self.subset, "upper_bound": self.upper_bound}
+                "cross_camera": self.cross_camera, "subset": self.subset, "upper_bound": self.upper_bound,
+                "tie_rule": self.tie_rule}
 
     def evaluate(self):
         if self._distributed:
@@ -225,21 +214,34 @@ class PersonSearchEvaluator(DatasetEvaluator):
             path = os.path.join(self._output_dir, "search_results.pth")
             save_results(path, results)
             logger.info(f"[PersonSearchEvaluator] saved results to {path}")
-        scores = evaluate_results(protocol, results, det_thresh=self.det_thresh, detection=not self.upper_bound)
+        scores = evaluate_results(protocol, results, det_thresh=self.det_thresh, detection=not self.upper_bound,
+                                  tie_rule=self.tie_rule, source=f"PersonSearchEvaluator({self._dataset_name})")
         s = scores["search"]
+        ties = s["ties"]
         search = OrderedDict((k, float(s[k])) for k in ("mAP", "top1", "top5", "top10"))
         search.update({
             "det-thresh": self.det_thresh, "gallery-size": float(self.gallery_size),
             "cross-camera": float(self.cross_camera), "query-mode-best-iou": float(self.query_mode == "best_iou"),
             "upper-bound": float(self.upper_bound), "num-queries": float(s["num_queries"]),
             "query-fallbacks": float(self._fallbacks),
+            # tie / collapse diagnostics (docs/evaluation.md): 1.0 = collapsed embeddings
+            "tie-rule-pessimistic": float(self.tie_rule == "pessimistic"),
+            "tied-top1-fraction": float(ties["tied_top1_fraction"]),
+            "tie-affected-fraction": float(ties["affected_fraction"]),
+            "feature-spread": float(ties["feature_spread"]),
+            "embeddings-collapsed": float(ties["collapsed"]),
         })
+        other = "pessimistic" if self.tie_rule == "standard" else "standard"
+        for k in ("mAP", "top1", "top5", "top10"):
+            search[f"{k}-{other}-ties"] = float(ties[other][k])
         out = OrderedDict(search=search)
         if "detection" in scores:
             d = scores["detection"]
             out["detection"] = OrderedDict(AP=float(d["AP"]), recall=float(d["recall"]))
             out["detection"]["det-thresh"] = self.det_thresh
         logger.info(f"[PersonSearchEvaluator] settings: {self.settings}")
+        if ties["warning"]:
+            logger.warning(f"[PersonSearchEvaluator] {self._dataset_name}: {ties['warning']}")
         if s["num_queries_without_gt"]:
             logger.warning(f"[PersonSearchEvaluator] {s['num_queries_without_gt']} queries have no gallery image "
                            f"containing their person and were left out")

@@ -13,21 +13,32 @@ numpy arrays and torch tensors are both accepted on load)::
 
 * ``queries`` are in protocol order (CUHK-SYSU: the Query order of the TestG*.mat files; PRW: the line
   order of query_info.txt).
-* A gallery image absent from ``"gallery"`` has no detections; ``N = 0`` is allowed (feats (0, D) or (0,)).
-* ``image_name`` is the bare file name as in the annotations (``s15048.jpg``, ``c1s1_000151.jpg``).
+* Every gallery image of the protocol has an entry; an image without detections has ``N = 0``
+  (feats (0, D) or (0,)). A missing entry is an error (a partial results file would otherwise score a
+  believable but wrong mAP) unless ``allow_partial`` is given, which scores missing images as images
+  without detections and reports how many were missing.
+* ``image_name`` is the bare file name as in the annotations (``s15048.jpg``, ``c1s1_000151.jpg``),
+  never a path.
 * Detections are stored unthresholded (the score threshold is applied when scoring).
 
-Validation (:func:`validate_results`) raises ``ValueError`` naming the image / query and field for:
-wrong shapes, N mismatch between boxes/scores/feats, NaN/inf anywhere, feature sizes that differ
-between images or between gallery and queries, and (with a protocol) a query count or query image
-that does not match the protocol.
+Validation (:func:`validate_results`) raises ``ValueError`` naming the file, the image / query, the
+field and the first offending values for: wrong shapes, N mismatch between boxes/scores/feats,
+NaN/inf anywhere, scores outside [0, 1], boxes with x2 < x1 or y2 < y1, path-style image keys, feature sizes that differ
+between images or between gallery and queries, and (with a protocol, :func:`check_against_protocol`)
+an empty gallery, gallery images the protocol does not know, protocol gallery images without an
+entry, and a query count or query image that does not match the protocol. :func:`load_results` also
+names the path of an empty, truncated or non-``torch.save`` file.
 """
 import os
+import pickle
+import zipfile
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["build_results", "save_results", "load_results", "validate_results"]
+__all__ = ["build_results", "save_results", "load_results", "validate_results", "check_against_protocol"]
+
+_SHOW = 5  # how many offending names / values an error message lists
 
 
 def _np(x, dtype=np.float32) -> np.ndarray:
@@ -45,13 +56,29 @@ def build_results(gallery: Mapping[str, Mapping[str, Any]], queries: List[Mappin
     return validate_results(res)
 
 
-def validate_results(results: Mapping, protocol=None, source: str = "results") -> Dict:
+def _inverted(boxes: np.ndarray) -> np.ndarray:
+    """(N,) bool: x2 < x1 or y2 < y1 (zero width or height is allowed: a degenerate but valid box)."""
+    return (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+
+
+def _fmt_box(b) -> str:
+    return "[" + ", ".join(f"{float(v):.1f}" for v in b) + "]"
+
+
+def validate_results(results: Mapping, protocol=None, source: str = "results", allow_partial: bool = False) -> Dict:
     """Check a results dict and return a normalised copy (numpy float32, feats (N, D)).
 
     Args:
         results: see the module docstring.
-        protocol: optional :class:`~galw_d2.data.protocol.SearchProtocol` to check the queries against.
+        protocol: optional :class:`~galw_d2.data.protocol.SearchProtocol` to check the gallery and the
+            queries against (:func:`check_against_protocol`).
         source: name used in error messages (e.g. the file path).
+        allow_partial: with a protocol, accept protocol gallery images without an entry (scored as
+            images without detections).
+
+    Returns:
+        ``{"gallery", "queries"[, "settings"]}``; with a protocol also ``"missing_gallery_images"``
+        (int, > 0 only with ``allow_partial``).
     """
     if not isinstance(results, Mapping) or "gallery" not in results or "queries" not in results:
         raise ValueError(f"{source}: expected a dict with keys 'gallery' and 'queries', got "
@@ -64,6 +91,10 @@ def validate_results(results: Mapping, protocol=None, source: str = "results") -
     gallery = {}
     for name, r in gal_in.items():
         where = f"{source}: gallery image {name!r}"
+        if not isinstance(name, str) or "/" in name or "\\" in name:
+            bare = os.path.basename(str(name).replace("\\", "/"))
+            raise ValueError(f"{where}: image keys must be the bare file name as in the annotations "
+                             f"({bare!r}), not a path or a {type(name).__name__}")
         if not isinstance(r, Mapping) or not {"boxes", "scores", "feats"} <= set(r):
             raise ValueError(f"{where}: expected keys 'boxes', 'scores', 'feats'")
         boxes, scores, feats = _np(r["boxes"]), _np(r["scores"]), _np(r["feats"])
@@ -89,6 +120,16 @@ def validate_results(results: Mapping, protocol=None, source: str = "results") -
                 if bad.any():
                     raise ValueError(f"{where}: '{field}' has NaN/inf in {int(bad.sum())} of {n} detections "
                                      f"(first: detection {int(np.flatnonzero(bad)[0])})")
+            # (a float32 softmax may round a hair past 1)
+            out_of_range = np.flatnonzero((scores < -1e-6) | (scores > 1 + 1e-6))
+            if out_of_range.size:
+                i = int(out_of_range[0])
+                raise ValueError(f"{where}: 'scores' must be detection probabilities in [0, 1]; {out_of_range.size} "
+                                 f"of {n} are not (first: detection {i}, {float(scores[i])}); logits?")
+            inv = np.flatnonzero(_inverted(boxes))
+            if inv.size:
+                raise ValueError(f"{where}: 'boxes' has x2 < x1 or y2 < y1 in {inv.size} of {n} detections (first: "
+                                 f"detection {int(inv[0])}, {_fmt_box(boxes[inv[0]])}); expected x1y1x2y2 pixels")
         gallery[str(name)] = {"boxes": boxes, "scores": scores, "feats": feats}
     if not isinstance(qs_in, (list, tuple)):
         raise ValueError(f"{source}: 'queries' must be a list, got {type(qs_in).__name__}")
@@ -106,6 +147,9 @@ def validate_results(results: Mapping, protocol=None, source: str = "results") -
             raise ValueError(f"{where} ({q['image']}): feature size {feat.size} differs from {dim} ({dim_from})")
         if not np.isfinite(feat).all() or not np.isfinite(box).all():
             raise ValueError(f"{where} ({q['image']}): 'feat' or 'box' has NaN/inf")
+        if _inverted(box.reshape(1, 4))[0]:
+            raise ValueError(f"{where} ({q['image']}): 'box' has x2 < x1 or y2 < y1 ({_fmt_box(box)}); "
+                             f"expected x1y1x2y2 pixels")
         queries.append({"image": str(q["image"]), "box": box, "feat": feat})
     dim = dim or 0
     for r in gallery.values():  # empty images get (0, D)
@@ -115,12 +159,47 @@ def validate_results(results: Mapping, protocol=None, source: str = "results") -
     if "settings" in results:
         out["settings"] = dict(results["settings"])
     if protocol is not None:
-        check_against_protocol(out, protocol, source)
+        out["missing_gallery_images"] = check_against_protocol(out, protocol, source, allow_partial=allow_partial)
     return out
 
 
-def check_against_protocol(results: Mapping, protocol, source: str = "results") -> None:
-    """Raise if the queries do not follow ``protocol.queries`` (count and image names)."""
+def _names(names) -> str:
+    names = list(names)
+    more = f" and {len(names) - _SHOW} more" if len(names) > _SHOW else ""
+    return ", ".join(repr(n) for n in names[:_SHOW]) + more
+
+
+def check_against_protocol(results: Mapping, protocol, source: str = "results", allow_partial: bool = False) -> int:
+    """Raise if the results do not cover ``protocol``.
+
+    Checks: the gallery is not empty; every gallery image is known to the protocol (its gallery split,
+    or an explicit query list); every protocol gallery image has an entry (unless ``allow_partial``);
+    the queries follow ``protocol.queries`` (count and image names).
+
+    Returns:
+        the number of protocol gallery images without an entry (0 unless ``allow_partial``).
+    """
+    gal = results["gallery"]
+    pname = f"{protocol.dataset}/{protocol.name}"
+    required = dict.fromkeys(protocol.gallery)
+    if protocol.rule == "explicit":
+        for q in protocol.queries:
+            required.update(dict.fromkeys(n for n, _ in q.gallery))
+    if not gal:
+        raise ValueError(f"{source}: 'gallery' is empty, but protocol {pname} has {len(required)} gallery images "
+                         f"(every gallery image needs an entry; N = 0 for an image without detections)")
+    known = set(required) | {q.image for q in protocol.queries}
+    unknown = [n for n in gal if n not in known]
+    if unknown:
+        raise ValueError(f"{source}: {len(unknown)} gallery images are not in protocol {pname} (e.g. "
+                         f"{_names(unknown)}); results of another dataset or split? (protocol images look like "
+                         f"{_names(list(required)[:2])})")
+    missing = [n for n in required if n not in gal]
+    if missing and not allow_partial:
+        raise ValueError(f"{source}: {len(missing)} of {len(required)} protocol gallery images have no entry "
+                         f"(e.g. {_names(missing)}); an incomplete results file scores a wrong mAP. Give an image "
+                         f"without detections an entry with N = 0, or pass allow_partial (--allow-partial) to score "
+                         f"missing images as images without detections")
     qs = results["queries"]
     if len(qs) != len(protocol.queries):
         raise ValueError(f"{source}: {len(qs)} queries but protocol {protocol.dataset}/{protocol.name} has "
@@ -129,6 +208,7 @@ def check_against_protocol(results: Mapping, protocol, source: str = "results") 
         if q["image"] != pq.image:
             raise ValueError(f"{source}: query {i} is in image {q['image']!r} but protocol query {i} is in "
                              f"{pq.image!r} (queries must be in protocol order)")
+    return len(missing)
 
 
 def save_results(path: str, results: Mapping) -> str:
@@ -144,15 +224,30 @@ def save_results(path: str, results: Mapping) -> str:
     return path
 
 
-def load_results(path: str, protocol=None) -> Dict:
-    """``torch.load`` a results file and validate it (optionally against a protocol)."""
+def torch_load_file(path: str, what: str = "file"):
+    """``torch.load(path)`` on CPU; an empty, truncated or foreign file raises ``ValueError`` naming the
+    path and its size instead of torch's ``EOFError`` / zip / unpickling errors."""
     import torch
 
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{what} {path}: the file is empty (0 bytes); was it written by a process that was killed?")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except TypeError:  # torch without weights_only
+            return torch.load(path, map_location="cpu")
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError,
+            ValueError, AttributeError, ImportError, IndexError, KeyError) as e:
+        raise ValueError(f"{what} {path}: cannot be read by torch.load ({size} bytes; truncated, or not a "
+                         f"torch.save file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def load_results(path: str, protocol=None, allow_partial: bool = False) -> Dict:
+    """``torch.load`` a results file and validate it (optionally against a protocol, see
+    :func:`validate_results`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"results file {path} does not exist (write one with PersonSearchEvaluator "
                                 f"SAVE_RESULTS or galw_d2.evaluation.save_results)")
-    try:
-        res = torch.load(path, map_location="cpu", weights_only=False)
-    except TypeError:  # torch without weights_only
-        res = torch.load(path, map_location="cpu")
-    return validate_results(res, protocol=protocol, source=path)
+    res = torch_load_file(path, "results file")
+    return validate_results(res, protocol=protocol, source=path, allow_partial=allow_partial)

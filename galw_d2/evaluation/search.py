@@ -18,10 +18,23 @@ Per query, exactly as the published CUHK-SYSU / PRW evaluation code (OIM, NAE, S
 * A query whose person appears in none of its gallery images (``count_gt == 0``, where the reference
   code divides by zero) is left out of mAP / top-k and counted in ``num_queries_without_gt``.
 
+Ties and collapsed embeddings. With the standard rule above, tied similarities are ordered by gallery
+position, and CUHK-SYSU TestG lists put the query person's images first: constant features (every
+similarity tied) then score top-5 / top-10 far above chance. The standard numbers are kept (they are
+what the published code computes), but every evaluation also computes the ``"pessimistic"`` rule
+(among equal similarities the false positives rank first; AP with one threshold per detection in that
+order) and reports, in ``out["ties"]``: both metric sets, the fraction of queries whose best similarity
+is shared by several detections, the fraction whose AP or first-hit rank depends on the rule, and the
+spread of the gallery features (``sqrt(1 - |mean unit feature|^2)``: 0 when every feature is the
+same). Collapsed or heavily tied embeddings log a loud warning and set ``out["ties"]["warning"]``.
+``tie_rule="pessimistic"`` makes the pessimistic numbers the headline ones.
+
 Speed: the similarities of a chunk of queries to all detections are one matrix product (memory
 bounded by ``chunk_bytes``); each query's body is vectorised and ranks only its true positives
 (O(n log T), no sort of its n detections).
 """
+import logging
+import math
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Dict, List, Mapping, Sequence, Tuple
@@ -39,7 +52,31 @@ __all__ = [
     "QueryScore",
     "evaluate_search",
     "score_query",
+    "check_det_thresh",
+    "feature_spread",
+    "TIE_RULES",
 ]
+
+logger = logging.getLogger(__name__)
+
+TIE_RULES = ("standard", "pessimistic")
+# Collapse / tie alarms: feature spread below this (unit features: 1 = spread out, 0 = all equal) ...
+COLLAPSED_SPREAD = 0.05
+# ... or a gap of at least this between the standard and the pessimistic metrics (fractions).
+TIE_GAP_WARN = 0.005
+
+
+def check_det_thresh(det_thresh) -> float:
+    """``det_thresh`` as a float; ``ValueError`` unless it is finite and in [0, 1) (detection scores are
+    probabilities: 1 or more keeps nothing, NaN keeps nothing without saying so)."""
+    try:
+        t = float(det_thresh)
+    except (TypeError, ValueError):
+        raise ValueError(f"det_thresh {det_thresh!r}: expected a finite number in [0, 1)") from None
+    if not (math.isfinite(t) and 0.0 <= t < 1.0):
+        raise ValueError(f"det_thresh {t}: expected a finite number in [0, 1) (detections with score >= det_thresh "
+                         f"are kept)")
+    return t
 
 
 def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -266,6 +303,9 @@ class QueryScore:
     rows: np.ndarray
     sims: np.ndarray
     labels: np.ndarray
+    ap_pessimistic: float = 0.0  # AP / first rank when tied false positives rank before true positives
+    first_tp_rank_pessimistic: int = -1
+    top_tied: bool = False  # the highest similarity of the gallery is shared by several detections
 
 
 def _true_positives(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray) -> np.ndarray:
@@ -304,13 +344,18 @@ def _score(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray, ranked
     With T true positives at similarities s_t among the n gallery detections s, sklearn's AP is
     sum_t (#TP with s >= s_t) / (#detections with s >= s_t) / T (tied scores share one threshold);
     the rank of a TP is #(s > s_t) + #(s == s_t earlier in the concatenated list).
+
+    Pessimistic rule: the j-th of the m TPs tied at s_t (j = 1..m) comes after the FPs tied with them,
+    so its precision is (#TP with s > s_t + j) / (#(s > s_t) + #FP(s == s_t) + j), and the best TP's
+    rank is #(s > s*) + #FP(s == s*).
     """
     tp_rows = _true_positives(table, g, sims_all)
     count_tp = int(tp_rows.size)
     if count_tp > g.count_gt:  # cannot happen with a consistent protocol
         raise AssertionError(f"{count_tp} true positives > {g.count_gt} gallery entries with the person")
-    ap, first = 0.0, -1
-    s = sims_all[g.rows] if (count_tp or ranked) else None
+    ap, first, ap_p, first_p = 0.0, -1, 0.0, -1
+    s = sims_all[g.rows]
+    top_tied = bool(s.size > 1 and np.count_nonzero(s == s.max()) > 1)
     if count_tp and g.count_gt:
         order = np.argsort(sims_all[tp_rows], kind="stable")
         tp_rows = tp_rows[order]
@@ -327,11 +372,20 @@ def _score(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray, ranked
             top = tp_rows[st == st[-1]]
             pos = int(np.flatnonzero(np.isin(g.rows, top))[0])
             first += int(np.count_nonzero(s[:pos] == st[-1]))
+        # pessimistic rule: per TP (ascending st), TPs strictly above / tied, FPs tied, index j in its tie
+        lo = np.searchsorted(st, st, side="left")
+        hi = np.searchsorted(st, st, side="right")
+        tp_above, tp_eq = st.size - hi, hi - lo
+        fp_eq = n_eq - tp_eq
+        j = np.arange(st.size) - lo + 1
+        ap_p = float(np.sum((tp_above + j) / (n_gt + fp_eq + j))) / g.count_gt
+        first_p = int(n_gt[-1] + fp_eq[-1])
     if ranked:
         order = np.argsort(-s, kind="stable")
         labels = np.isin(g.rows, tp_rows).astype(np.int8)
-        return QueryScore(ap, count_tp, g.count_gt, first, g.rows[order], s[order], labels[order])
-    return QueryScore(ap, count_tp, g.count_gt, first, None, None, None)
+        return QueryScore(ap, count_tp, g.count_gt, first, g.rows[order], s[order], labels[order], ap_p, first_p,
+                          top_tied)
+    return QueryScore(ap, count_tp, g.count_gt, first, None, None, None, ap_p, first_p, top_tied)
 
 
 def _check_query_feats(query_feats: np.ndarray, n: int, dim: int) -> np.ndarray:
@@ -355,6 +409,7 @@ def evaluate_search(
     chunk_bytes: int = 64 << 20,
     return_per_query: bool = False,
     progress: bool = False,
+    tie_rule: str = "standard",
 ) -> Dict:
     """Score a whole protocol.
 
@@ -366,12 +421,20 @@ def evaluate_search(
         det_thresh: detections with score >= this are kept.
         topk: the k of the top-k accuracies.
         chunk_bytes: memory budget of one block of the query x detection similarity matrix.
-        return_per_query: also return ``"per_query"``: {"ap", "count_tp", "count_gt", "first_tp_rank"} arrays.
+        return_per_query: also return ``"per_query"``: {"ap", "count_tp", "count_gt", "first_tp_rank"} arrays
+            (of the chosen tie rule).
+        tie_rule: ``"standard"`` (the published protocol: ties in gallery order) or ``"pessimistic"``
+            (tied false positives first); decides the headline numbers, both are in ``"ties"``.
 
     Returns:
         ``{"mAP": float, "top1": ..., "top5": ..., "top10": ..., "num_queries": int,
-        "num_queries_without_gt": int}``, fractions in [0, 1].
+        "num_queries_without_gt": int, "tie_rule": str, "ties": {"standard": {mAP, top1, ...},
+        "pessimistic": {...}, "tied_top1_fraction", "affected_fraction", "feature_spread": float,
+        "collapsed": bool, "warning": str or None}}``, fractions in [0, 1].
     """
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"tie_rule {tie_rule!r}: expected one of {TIE_RULES}")
+    det_thresh = check_det_thresh(det_thresh)
     dim = _feature_dim(gallery, query_feats)
     # gallery images by name: the protocol's and any with results; a name listed in an explicit
     # gallery but in neither has no detections (id -1)
@@ -379,10 +442,12 @@ def evaluate_search(
     qf = _check_query_feats(query_feats, len(protocol.queries), dim)
     planner = _GalleryPlanner(protocol, table)
     nq = len(protocol.queries)
-    aps = np.zeros(nq)
+    aps, aps_p = np.zeros(nq), np.zeros(nq)
     tps = np.zeros(nq, dtype=np.int64)
     gts = np.zeros(nq, dtype=np.int64)
     first = np.full(nq, -1, dtype=np.int64)
+    first_p = np.full(nq, -1, dtype=np.int64)
+    top_tied = np.zeros(nq, dtype=bool)
     m = max(table.feats.shape[0], 1)
     step = int(max(1, min(nq, chunk_bytes // (4 * m))))
     it = range(0, nq, step)
@@ -396,16 +461,66 @@ def evaluate_search(
             qi = s + j
             r = _score(table, planner.plan(protocol.queries[qi]), sims_block[j])
             aps[qi], tps[qi], gts[qi], first[qi] = r.ap, r.count_tp, r.count_gt, r.first_tp_rank
+            aps_p[qi], first_p[qi], top_tied[qi] = r.ap_pessimistic, r.first_tp_rank_pessimistic, r.top_tied
     valid = gts > 0
+    metrics = {"standard": _means(aps, first, valid, topk), "pessimistic": _means(aps_p, first_p, valid, topk)}
+    out = dict(metrics[tie_rule])
+    out["num_queries"] = int(valid.sum())
+    out["num_queries_without_gt"] = int((~valid).sum())
+    out["tie_rule"] = tie_rule
+    out["ties"] = _tie_report(metrics, aps, aps_p, first, first_p, top_tied, valid, table.feats)
+    if return_per_query:
+        a, fr = (aps, first) if tie_rule == "standard" else (aps_p, first_p)
+        out["per_query"] = {"ap": a, "count_tp": tps, "count_gt": gts, "first_tp_rank": fr}
+    return out
+
+
+def _means(aps: np.ndarray, first: np.ndarray, valid: np.ndarray, topk: Sequence[int]) -> Dict[str, float]:
+    """mAP and top-k over the queries with ground truth (``valid``)."""
     out = {"mAP": float(aps[valid].mean()) if valid.any() else 0.0}
     for k in topk:
         hit = (first >= 0) & (first < k)
         out[f"top{k}"] = float(hit[valid].mean()) if valid.any() else 0.0
-    out["num_queries"] = int(valid.sum())
-    out["num_queries_without_gt"] = int((~valid).sum())
-    if return_per_query:
-        out["per_query"] = {"ap": aps, "count_tp": tps, "count_gt": gts, "first_tp_rank": first}
     return out
+
+
+def feature_spread(feats: np.ndarray) -> float:
+    """RMS distance of L2-normalised features (M, D) to their mean: ``sqrt(1 - |mean|^2)``, in [0, 1];
+    0 when every feature is the same (collapsed embedding), ~1 for features spread over the sphere."""
+    if len(feats) < 2:
+        return float("nan")
+    mu = np.asarray(feats, np.float64).mean(axis=0)
+    return float(np.sqrt(max(0.0, 1.0 - float(mu @ mu))))
+
+
+def _tie_report(metrics, aps, aps_p, first, first_p, top_tied, valid, feats) -> Dict:
+    """The ``"ties"`` entry of :func:`evaluate_search`; logs a warning for collapsed / heavily tied embeddings."""
+    n = int(valid.sum())
+    affected = valid & ((first != first_p) | ~np.isclose(aps, aps_p, rtol=0, atol=1e-12))
+    spread = feature_spread(feats)
+    rep = {
+        "standard": metrics["standard"],
+        "pessimistic": metrics["pessimistic"],
+        "tied_top1_fraction": float(top_tied[valid].mean()) if n else 0.0,
+        "affected_fraction": float(affected.sum() / n) if n else 0.0,
+        "feature_spread": spread,
+        "collapsed": bool(math.isfinite(spread) and spread < COLLAPSED_SPREAD),
+        "warning": None,
+    }
+    gaps = {k: metrics["standard"][k] - metrics["pessimistic"][k] for k in metrics["standard"]}
+    worst = max(gaps, key=gaps.get)
+    if rep["collapsed"] or gaps[worst] >= TIE_GAP_WARN:
+        what = (f"embeddings look collapsed (gallery feature spread {spread:.4f} < {COLLAPSED_SPREAD}); "
+                if rep["collapsed"] else "")
+        rep["warning"] = (
+            f"{what}{100 * rep['affected_fraction']:.1f}% of queries depend on how tied similarities are ordered "
+            f"({100 * rep['tied_top1_fraction']:.1f}% have a tied best match): standard vs pessimistic "
+            + ", ".join(f"{k} {100 * metrics['standard'][k]:.2f}% vs {100 * metrics['pessimistic'][k]:.2f}%"
+                        for k in metrics["standard"])
+            + ". The standard numbers rank ties by gallery order; do not report them as a trained result "
+              "(tie_rule='pessimistic' / --tie-rule pessimistic gives the worst-case ranking).")
+        logger.warning("[search] WARNING: " + rep["warning"])
+    return rep
 
 
 def score_query(
@@ -416,6 +531,7 @@ def score_query(
     det_thresh: float = 0.5,
 ) -> Tuple[QueryScore, DetectionTable]:
     """Score one query and return its ranked list (for inspection and the top-k figure)."""
+    det_thresh = check_det_thresh(det_thresh)
     dim = _feature_dim(gallery, query_feats)
     # gallery images by name: the protocol's and any with results; a name listed in an explicit
     # gallery but in neither has no detections (id -1)

@@ -22,6 +22,12 @@ Degenerate cases (reported in ``report``, never silent):
 - all slopes equal (e.g. constant trends): one group.
 - one task: one group.
 - fewer than 2 epochs with values for a task, or non-finite values: ``ValueError`` naming the task.
+- values that are not numbers (a string, a bool), negative magnitudes (Gamma is a mean of norms), a
+  task that is 0 at every epoch (its loss never reached the shared parameters), curves of different
+  lengths, and ``probe_counts`` that do not match the curves (length, a value without probes, probes
+  without a value, negative counts): ``ValueError`` naming the file, task and epoch
+  (:func:`validate_trends`, run by :func:`load_trends`; the per-value checks also run in
+  :func:`compute_slopes`).
 
 Canonical order: tasks inside a group follow the trends file's task order; groups are ordered by the
 position of their first task. The strategies are entries of :data:`GROUPING_REGISTRY`
@@ -44,6 +50,7 @@ from ..utils.registry import NamedRegistry
 
 __all__ = [
     "load_trends",
+    "validate_trends",
     "compute_slopes",
     "transform_slopes",
     "cluster_slopes",
@@ -75,7 +82,7 @@ SEMANTIC_CLASSES = {
 
 
 def load_trends(path: str) -> dict:
-    """Read and validate a trends JSON; errors name the file and field."""
+    """Read and validate a trends JSON (:func:`validate_trends`); errors name the file and field."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -83,29 +90,102 @@ def load_trends(path: str) -> dict:
         raise FileNotFoundError(f"trends file {path} does not exist (phase 1 writes it; see docs/galw.md)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"trends file {path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"trends file {path}: not a text (JSON) file ({e})") from None
+    return validate_trends(data, f"trends file {path}")
+
+
+def validate_trends(data, source: str = "trends") -> dict:
+    """Check a trends dict (the recorder's format, see the module docstring); returns it unchanged.
+
+    Raises ``ValueError`` prefixed with ``source`` and naming the field / task / epoch for: missing
+    fields, bad task lists, missing curves, curves that are not lists or of different lengths ("ragged"),
+    values that are not numbers or null, non-finite or negative values, tasks that are 0 at every epoch,
+    and ``probe_counts`` (optional) that do not match the curves.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object with tasks, gradient_magnitude, settings; "
+                         f"got {type(data).__name__}")
     for key in ("tasks", "gradient_magnitude"):
         if key not in data:
-            raise ValueError(f"trends file {path}: missing field '{key}' (expected tasks, gradient_magnitude, settings)")
+            raise ValueError(f"{source}: missing field '{key}' (expected tasks, gradient_magnitude, settings)")
     tasks = data["tasks"]
-    if not isinstance(tasks, list) or not tasks or len(set(tasks)) != len(tasks):
-        raise ValueError(f"trends file {path}: 'tasks' must be a non-empty list of unique names, got {tasks!r}")
+    if (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)
+            or len(set(tasks)) != len(tasks)):
+        raise ValueError(f"{source}: 'tasks' must be a non-empty list of unique names, got {tasks!r}")
     gm = data["gradient_magnitude"]
+    if not isinstance(gm, dict):
+        raise ValueError(f"{source}: 'gradient_magnitude' must be an object task -> per-epoch list")
     missing = [t for t in tasks if t not in gm]
     if missing:
-        raise ValueError(f"trends file {path}: gradient_magnitude has no curve for {missing}")
+        raise ValueError(f"{source}: gradient_magnitude has no curve for {missing}")
+    try:
+        for t in tasks:
+            _check_values(t, gm[t])
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    lengths = {t: len(gm[t]) for t in tasks}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{t!r} {n}" + (" epochs" if i == 0 else "") for i, (t, n) in enumerate(lengths.items()))
+        raise ValueError(f"{source}: ragged trends, curves of different lengths: {desc} (the recorder probes every "
+                         f"task at the same iterations; null marks an epoch without a probe)")
+    pc = data.get("probe_counts")
+    if pc is None:
+        return data
+    if not isinstance(pc, dict):
+        raise ValueError(f"{source}: 'probe_counts' must be an object task -> per-epoch list")
+    missing = [t for t in tasks if t not in pc]
+    if missing:
+        raise ValueError(f"{source}: probe_counts has no entry for {missing}")
+    for t in tasks:
+        counts, curve = pc[t], gm[t]
+        if not isinstance(counts, list) or len(counts) != len(curve):
+            n = len(counts) if isinstance(counts, list) else type(counts).__name__
+            raise ValueError(f"{source}: probe_counts of task '{t}' has {n} epochs but its curve has {len(curve)}")
+        for e, (c, v) in enumerate(zip(counts, curve)):
+            if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+                raise ValueError(f"{source}: probe_counts of task '{t}' at epoch {e} is {c!r}; "
+                                 f"expected an integer >= 0")
+            if c == 0 and v is not None:
+                raise ValueError(f"{source}: task '{t}' at epoch {e} has a gradient magnitude ({v}) but 0 probes")
+            if c > 0 and v is None:
+                raise ValueError(f"{source}: task '{t}' at epoch {e} has {c} probes but no gradient magnitude (null)")
     return data
 
 
+def _check_values(name: str, values) -> None:
+    """Per-value checks of one task's curve: a list of finite numbers >= 0 or null, not 0 throughout."""
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"curve of task '{name}' must be a list of per-epoch values (null = no probe), "
+                         f"got {type(values).__name__} {values!r:.40}")
+    seen = []
+    for i, x in enumerate(values):
+        if x is None:
+            continue
+        # JSON strings ("0.4") and booleans are not magnitudes: float() would accept them silently
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x!r} ({type(x).__name__}); "
+                             f"expected a number or null")
+        x = float(x)
+        if not math.isfinite(x):
+            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x}; expected a finite number")
+        if x < 0:
+            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x}; a gradient magnitude "
+                             f"(mean of L2 norms, Eq. 6) is >= 0")
+        seen.append(x)
+    if seen and not any(seen):
+        raise ValueError(f"gradient magnitude of task '{name}' is 0 at every epoch with a probe: its loss never "
+                         f"reached the shared parameters (GALW.RECORD.SHARED_PARAMS), so its slope means nothing")
+
+
 def _curve(name: str, values: Sequence) -> (np.ndarray, np.ndarray):
+    _check_values(name, values)
     e, v = [], []
     for i, x in enumerate(values):
         if x is None:
             continue
-        x = float(x)
-        if not math.isfinite(x):
-            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x}; expected a finite number")
         e.append(i)
-        v.append(x)
+        v.append(float(x))
     if len(v) < 2:
         raise ValueError(
             f"task '{name}' has {len(v)} epoch(s) with a gradient magnitude; a slope needs at least 2 "
@@ -388,6 +468,7 @@ def group_tasks(
     """
     if int(num_groups) < 1:
         raise ValueError(f"number of groups must be >= 1, got {num_groups}")
+    trends = validate_trends(trends, "trends")
     if isinstance(strategy, GroupingStrategy):
         fn, name = strategy, next((n for n, c in GROUPING_REGISTRY if type(strategy) is c), type(strategy).__name__)
     else:
