@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.io import torch_load_file
 from .alm import MultiLevelALM, combine_levels
 from .losses import multi_level_bce
 
@@ -58,8 +59,6 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> Dict[str, List[str]
     """Load a torchreid/ImageNet state dict into ``backbone`` (names and shapes must match; the
     classifier and anything else that does not match is skipped). Returns {"loaded", "skipped"};
     raises if nothing matches."""
-    from galw_d2.evaluation.results import torch_load_file
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"backbone weights {path!r} not found")
     obj = torch_load_file(path, "backbone weights")
@@ -177,8 +176,6 @@ def load_recognizer(path: str, map_location="cpu"):
     A random, empty, truncated or edited file raises ``ValueError`` naming the path and the field
     (format, config, attribute names, tensors that do not fit the config, NaN/inf tensors).
     """
-    from galw_d2.evaluation.results import torch_load_file
-
     what = "attribute recognizer checkpoint"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} not found")

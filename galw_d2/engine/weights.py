@@ -21,7 +21,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from ..evaluation.results import torch_load_file
+from ..utils.io import torch_load_file
 from .galw_model import WEIGHTING_PREFIX as _WEIGHTING_PREFIX
 
 __all__ = [

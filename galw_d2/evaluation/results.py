@@ -30,11 +30,11 @@ entry, and a query count or query image that does not match the protocol. :func:
 names the path of an empty, truncated or non-``torch.save`` file.
 """
 import os
-import pickle
-import zipfile
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
+
+from ..utils.io import torch_load_file
 
 __all__ = ["build_results", "save_results", "load_results", "validate_results", "check_against_protocol"]
 
@@ -222,25 +222,6 @@ def save_results(path: str, results: Mapping) -> str:
     torch.save(res, tmp)
     os.replace(tmp, path)
     return path
-
-
-def torch_load_file(path: str, what: str = "file"):
-    """``torch.load(path)`` on CPU; an empty, truncated or foreign file raises ``ValueError`` naming the
-    path and its size instead of torch's ``EOFError`` / zip / unpickling errors."""
-    import torch
-
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ValueError(f"{what} {path}: the file is empty (0 bytes); was it written by a process that was killed?")
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except TypeError:  # torch without weights_only
-            return torch.load(path, map_location="cpu")
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError,
-            ValueError, AttributeError, ImportError, IndexError, KeyError) as e:
-        raise ValueError(f"{what} {path}: cannot be read by torch.load ({size} bytes; truncated, or not a "
-                         f"torch.save file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
 def load_results(path: str, protocol=None, allow_partial: bool = False) -> Dict:
