@@ -11,7 +11,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..config import add_galw_config
+from .. import add_galw_config  # the package entry point: also registers the models and datasets
 from ..data import register_synthps
 from ..data.synthps import generate_synthps
 from ..model_zoo import get_config_file
