@@ -32,3 +32,23 @@ def test_layer_checker_fails_on_a_wrong_import(tmp_path):
     assert r.returncode != 0
     assert "galw_d2 layers BROKEN" in r.stdout and "galw_d2.data.bad_layering -> galw_d2.engine" in r.stdout
     assert "evaluation core needs neither detectron2 nor torch BROKEN" in r.stdout
+
+
+def test_add_galw_config_registers_components_in_a_fresh_process():
+    """`import galw_d2` is light; the entry point add_galw_config registers the models and datasets, so a
+    fresh interpreter can build ROI-AlignPS* from a packaged config and see the builtin dataset names."""
+    code = (
+        "import sys, galw_d2\n"
+        "assert 'detectron2' not in sys.modules and 'torch' not in sys.modules\n"
+        "from detectron2.config import get_cfg\n"
+        "from detectron2.data import DatasetCatalog\n"
+        "from detectron2.modeling import build_model\n"
+        "from galw_d2.model_zoo import get_config_file\n"
+        "cfg = galw_d2.add_galw_config(get_cfg())\n"
+        "cfg.merge_from_file(get_config_file('synthps/roi_alignps_R18_tiny_synthps.yaml'))\n"
+        "cfg.MODEL.PERSON_SEARCH.NUM_PIDS = 4\n"
+        "print(type(build_model(cfg)).__name__, 'synthps_small_cuhk_train' in DatasetCatalog.list())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["ROIAlignPS", "True"]
