@@ -256,7 +256,7 @@ def test_evaluate_search_command_line_prints_one_line_errors(tmp_path, capsys, m
     # with a protocol that loads: the results file itself is refused by name
     import galw_d2.data.datasets.prw as prw
 
-    monkeypatch.setattr(prw, "load_prw_protocol", lambda root, cross_camera=False: protocol())
+    monkeypatch.setattr(prw, "load_prw_protocol", lambda root, cross_camera=False, **kw: protocol())
     path = save_results(str(tmp_path / "partial.pth"), res)
     assert tool.cli(["--dataset", "prw", "--root", str(root), "--results", path]) == 1
     err = capsys.readouterr().err
