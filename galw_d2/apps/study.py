@@ -36,7 +36,7 @@ from ..evaluation import load_results
 from ..evaluation.evaluator import evaluate_results
 from ..evaluation.stats import adjusted_rand_index, groups_to_labels, mean_std, paired_difference
 from ..galw.weighting import WEIGHTING_REGISTRY
-from ..galw.workflow import GROUPED_STRATEGIES, TwoPhase, run_training
+from ..galw.workflow import GROUPED_STRATEGIES, TwoPhase, run_training, training_cfg
 from .console import setup_console
 from .evaluation import det_thresh, evaluate_model
 from .recipe import PipelineSettings, build_cfg, prepare_dataset
@@ -213,22 +213,9 @@ def publish(output: str, dest: str) -> List[str]:
 
 
 def _arm_cfg(wf: TwoPhase, arm: str, groups, output_dir: str):
-    """The config of one arm: grouped strategies get the seed's groups (the workflow's phase-2 config),
-    per-task ones the base config with ``GALW.STRATEGY = arm``; recording off, own output folder."""
-    if arm in GROUPED_STRATEGIES:
-        c = wf.phase2_cfg(groups, strategy=arm).clone()
-        c.defrost()
-        c.OUTPUT_DIR = output_dir
-        c.freeze()
-        return c
-    c = wf.cfg.clone()
-    c.defrost()
-    c.GALW.STRATEGY = arm
-    c.GALW.GROUPS = []
-    c.GALW.RECORD.ENABLED = False
-    c.OUTPUT_DIR = output_dir
-    c.freeze()
-    return c
+    """The config of one arm: grouped strategies get the seed's groups, per-task ones none; recording
+    off; own output folder."""
+    return training_cfg(wf.cfg, arm, groups=groups if arm in GROUPED_STRATEGIES else None, output_dir=output_dir)
 
 
 def summarize(output: str, seeds: List[int], arms: List[str], num_boot: int = 2000, settings=None) -> Dict:

@@ -32,7 +32,7 @@ from detectron2.utils.env import seed_all_rng
 
 from .grouping import GROUPING_REGISTRY, group_tasks, group_tasks_from_cfg, load_trends
 
-__all__ = ["PhaseResult", "TwoPhase", "resolve_seed", "phase1_cfg", "phase2_cfg", "phase2_yaml", "run_training",
+__all__ = ["PhaseResult", "TwoPhase", "resolve_seed", "training_cfg", "phase1_cfg", "phase2_cfg", "phase2_yaml", "run_training",
            "run_phase1", "make_groups", "make_groups_from_cfg", "write_grouping", "initial_state_digest",
            "GROUPED_STRATEGIES"]
 
@@ -51,21 +51,35 @@ def resolve_seed(cfg):
     return c
 
 
-def phase1_cfg(cfg, output_dir: Optional[str] = None):
-    """Phase 1 (Algorithm 1's "first training"): weighting ``GALW.PHASE1.STRATEGY`` (default fixed,
-    Fig. 3), one weight per task, gradient recording on; no groups."""
+def training_cfg(cfg, strategy: str, groups: Optional[Sequence[Sequence[str]]] = None, record: bool = False,
+                 output_dir: Optional[str] = None):
+    """A copy of ``cfg`` (seed resolved) that trains with weighting ``strategy``: ``groups`` for the
+    grouped strategies (:data:`GROUPED_STRATEGIES`, required there and refused elsewhere), gradient
+    recording on or off, online regrouping off, optional ``OUTPUT_DIR``."""
+    if (strategy in GROUPED_STRATEGIES) != (groups is not None):
+        raise ValueError(f"strategy '{strategy}': groups are " +
+                         ("required" if strategy in GROUPED_STRATEGIES else "only for " + str(GROUPED_STRATEGIES)))
     c = resolve_seed(cfg)
     c.defrost()
-    c.GALW.STRATEGY = str(c.GALW.PHASE1.STRATEGY)
-    if c.GALW.STRATEGY in GROUPED_STRATEGIES:
-        raise ValueError(f"GALW.PHASE1.STRATEGY '{c.GALW.STRATEGY}' needs groups; phase 1 is the ungrouped training")
-    c.GALW.GROUPS = []
-    c.GALW.RECORD.ENABLED = True
+    c.GALW.STRATEGY = strategy
+    c.GALW.GROUPS = [list(g) for g in groups] if groups is not None else []
+    if groups is not None:
+        c.GALW.TASKS = []
+    c.GALW.RECORD.ENABLED = bool(record)
     c.GALW.ONLINE_REGROUP.ENABLED = False
     if output_dir is not None:
         c.OUTPUT_DIR = output_dir
     c.freeze()
     return c
+
+
+def phase1_cfg(cfg, output_dir: Optional[str] = None):
+    """Phase 1 (Algorithm 1's "first training"): weighting ``GALW.PHASE1.STRATEGY`` (default fixed,
+    Fig. 3), one weight per task, gradient recording on; no groups."""
+    strategy = str(cfg.GALW.PHASE1.STRATEGY)
+    if strategy in GROUPED_STRATEGIES:
+        raise ValueError(f"GALW.PHASE1.STRATEGY '{strategy}' needs groups; phase 1 is the ungrouped training")
+    return training_cfg(cfg, strategy, record=True, output_dir=output_dir)
 
 
 def phase2_cfg(cfg, groups: Sequence[Sequence[str]], output_dir: Optional[str] = None, strategy: str = "galw"):
@@ -73,17 +87,7 @@ def phase2_cfg(cfg, groups: Sequence[Sequence[str]], output_dir: Optional[str] =
     ULWF + grouping) with ``groups``, recording off."""
     if strategy not in GROUPED_STRATEGIES:
         raise ValueError(f"phase 2 strategy '{strategy}': expected one of {GROUPED_STRATEGIES}")
-    c = resolve_seed(cfg)
-    c.defrost()
-    c.GALW.STRATEGY = strategy
-    c.GALW.GROUPS = [list(g) for g in groups]
-    c.GALW.TASKS = []
-    c.GALW.RECORD.ENABLED = False
-    c.GALW.ONLINE_REGROUP.ENABLED = False
-    if output_dir is not None:
-        c.OUTPUT_DIR = output_dir
-    c.freeze()
-    return c
+    return training_cfg(cfg, strategy, groups=groups, output_dir=output_dir)
 
 
 def run_training(cfg, trainer_cls, resume: bool = False, train: bool = True, on_built=None):
