@@ -200,9 +200,9 @@ def add_loss_weighting_config(cfg: CN) -> None:
     _C.GALW.AGGREGATION = CN()
     # Regexes of the shared parameters whose Jacobian is aggregated; [] = GALW.RECORD.SHARED_PARAMS.
     _C.GALW.AGGREGATION.SHARED_PARAMS = []
-    # Jacobian rows differentiated at once: 1 = one autograd.grad per task (works for every op); 0 = all
-    # rows at once with torch.vmap (faster where every op of the model supports vmap).
-    _C.GALW.AGGREGATION.CHUNK_SIZE = 1
+    # How the per-task Jacobian is computed: "rows" = one autograd.grad of each task's loss (works for every
+    # op); "vmap" = all rows at once by torchjd.autojac.backward through torch.vmap (not every op supports it).
+    _C.GALW.AGGREGATION.JACOBIAN = "rows"
     # c of CAGrad (the paper: 0.4-0.5).
     _C.GALW.AGGREGATION.CAGRAD_C = 0.5
     # Aligned-MTL scale of the aligned rows: "min" (the paper: smallest singular value), "median", "rmse".

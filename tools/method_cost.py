@@ -76,7 +76,7 @@ def _build(cfg, strategy: str, state):
     name, _, variant = strategy.partition("@")
     c.GALW.STRATEGY = name
     if variant == "vmap":
-        c.GALW.AGGREGATION.CHUNK_SIZE = 0
+        c.GALW.AGGREGATION.JACOBIAN = "vmap"
     model = build_model(c)
     model.load_state_dict(state)
     tasks = None
