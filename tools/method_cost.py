@@ -11,10 +11,12 @@ A step is what ``GALWStep.run_step`` does: forward of the GALWModel, ``zero_grad
 ``backward``, ``optimizer.step()``, ``after_step``, the deferred OIM updates. Every strategy starts
 from the same initial weights and sees the same batch; strategies are timed round-robin (one step
 of each per round, ``--iters`` rounds after one warm-up round) so machine-load drift hits all alike.
-Reported: median seconds per step and its ratio to ``fixed``.
+Reported: median seconds per step, its ratio to ``fixed``, whether every loss and total stayed
+finite, and each method's last logged weights.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -128,6 +130,8 @@ def main(argv=None):
     strategies = [s for s in a.strategies.split(",") if s]
     built = {s: _build(cfg, s, state) for s in strategies}
     times = {s: [] for s in strategies}
+    finite = {s: True for s in strategies}
+    last_info = {}
     tasks = None
     with EventStorage(0):
         for r in range(a.iters + 1):
@@ -135,6 +139,9 @@ def main(argv=None):
                 torch.manual_seed(r)
                 dt, out = _step(*built[s], data, r)
                 tasks = tasks or list(out["losses"])
+                vals = [float(v.detach()) for v in out["losses"].values()] + [float(out["total"].detach())]
+                finite[s] = finite[s] and all(math.isfinite(v) for v in vals)
+                last_info[s] = {k: v for k, v in out["info"].items() if k.startswith("galw/weight/")}
                 if r > 0:  # round 0 = warm-up
                     times[s].append(dt)
     base = statistics.median(times["fixed"]) if "fixed" in times else None
@@ -143,10 +150,10 @@ def main(argv=None):
            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
            "median_s": {s: statistics.median(v) for s, v in times.items()},
            "ratio_to_fixed": {s: statistics.median(v) / base for s, v in times.items()} if base else None,
-           "times_s": times}
+           "all_losses_finite": finite, "last_weights": last_info, "times_s": times}
     for s in strategies:
         r = f"{res['ratio_to_fixed'][s]:.2f}x" if base else ""
-        print(f"{s:14s} {res['median_s'][s]:.4f} s/step  {r}")
+        print(f"{s:14s} {res['median_s'][s]:.4f} s/step  {r}  finite={finite[s]}")
     if a.output:
         os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
         with open(a.output, "w") as f:

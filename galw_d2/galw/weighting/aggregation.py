@@ -33,8 +33,8 @@ step (``d = sum_k a_k J_k``) are logged as ``galw/weight/<loss>`` (filled into t
 ``backward``; they are the weights on theta_m only). theta_m = ``GALW.AGGREGATION.SHARED_PARAMS``
 (empty = ``GALW.RECORD.SHARED_PARAMS``).
 
-Cost: K partial backward passes to theta_m per step on top of the usual backward (docs/galw.md,
-"Other multi-task methods", measured). Not supported: fp16 with a GradScaler (GALWStep refuses it),
+Cost: K backward passes to theta_m per step on top of the usual backward (tools/method_cost.py,
+ROI-AlignPS* tiny, 10 tasks, theta_m = res2..res4, CPU: 2.6-2.9x the plain step; docs/galw.md §6). Not supported: fp16 with a GradScaler (GALWStep refuses it),
 DistributedDataParallel with world size > 1 (the gradients are written directly, not all-reduced).
 
 Grouping (``GALW.GROUPS``): one Jacobian row per group, ``grad sum_{i in g} L_i``: tasks of a group
