@@ -34,11 +34,12 @@ step (``d = sum_k a_k J_k``) are logged as ``galw/weight/<loss>`` (filled into t
 (empty = ``GALW.RECORD.SHARED_PARAMS``).
 
 Cost: K backward passes to theta_m per step on top of the usual backward (tools/method_cost.py,
-ROI-AlignPS* tiny, 10 tasks, theta_m = res2..res4, CPU: 2.6-2.9x the plain step; docs/galw.md §6). Not supported: fp16 with a GradScaler (GALWStep refuses it),
+ROI-AlignPS* tiny, 10 tasks, theta_m = res2..res4, CPU: 2.5-2.8x the plain step; docs/galw.md §6).
+Not supported: fp16 with a GradScaler (GALWStep refuses it),
 DistributedDataParallel with world size > 1 (the gradients are written directly, not all-reduced).
 
 Grouping (``GALW.GROUPS``): one Jacobian row per group, ``grad sum_{i in g} L_i``: tasks of a group
-are summed before aggregation (K = number of groups, K times fewer backward passes). This is GALW's
+are summed before aggregation (K = number of groups: one backward pass per group, not per task). This is GALW's
 grouping applied to aggregation: tasks whose gradients behave alike are not protected from each other,
 conflicts between groups are resolved by the aggregator.
 """

@@ -92,7 +92,8 @@ class FAMO(SlotWeighting):
         """(len(idx),) ``log(L_g - b_g + eps)``; ``ValueError`` naming a slot whose loss is <= b - eps."""
         v = torch.stack([x.float() for x in vals])
         d = v - self.min_loss[idx].to(v.device) + self.eps
-        bad = [(self.groups[g], float(x)) for g, x in zip(idx, v.detach().tolist()) if not x - float(self.min_loss[g]) + self.eps > 0]
+        bad = [(self.groups[g], float(x)) for g, x in zip(idx, v.detach().tolist())
+               if not x - float(self.min_loss[g]) + self.eps > 0]
         if bad:
             raise ValueError(f"FAMO takes log(L - b): loss(es) {bad} are not above their lower bound b "
                              f"(GALW.FAMO.MIN_LOSSES, default 0); set b below the loss's minimum")

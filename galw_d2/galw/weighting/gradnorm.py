@@ -22,7 +22,7 @@ W: the paper uses the last shared layer, for cost. Here W = the parameters match
 ``GALW.GRADNORM.SHARED_PARAMS`` (empty = ``GALW.RECORD.SHARED_PARAMS``, ResNet res2..res4); set it to
 the last shared block (e.g. ``["^backbone\\.res4\\.5\\."]``) for the paper's choice and a cheaper step.
 Cost: one backward of each task's loss to W every step, on top of the usual backward (measured with
-tools/method_cost.py on ROI-AlignPS* tiny, 10 tasks, W = res2..res4, CPU: 2.7-2.8x the plain step).
+tools/method_cost.py on ROI-AlignPS* tiny, 10 tasks, W = res2..res4, CPU: 2.6-2.8x the plain step).
 
 With ``GALW.GROUPS`` one weight per group and ``G_g = w_g ||grad_W sum_{i in g} L_i||``, T = number of
 groups (GALW's grouping of a gradient-magnitude method: tasks whose gradients change alike share w).
