@@ -223,6 +223,20 @@ def test_gradnorm_weight_gradient_and_renormalisation_vs_hand_computation():
     assert gn.weight.tolist() == pytest.approx([0.0, 2.0])
 
 
+def test_gradnorm_with_groups_balances_group_gradients():
+    # groups [a, b] (rows (1, 0) + (2, 0) -> ||(3, 0)|| = 3) and [c] (||(0, 1)|| = 1): one weight per group
+    net = _Linear2([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    gn = GradNorm(["a", "b", "c"], groups=[["a", "b"], ["c"]], alpha=1.5)
+    gn.bind_shared_parameters([net.theta])
+    losses = net()
+    total, info = gn(losses)
+    gn.backward(total, losses)
+    assert gn.weight.grad.tolist() == pytest.approx([3.0, -1.0])  # G = (3, 1), target = mean = 2 at r = 1
+    assert info["galw/weight/a"] == info["galw/weight/b"] == info["galw/group0/weight"] == 1.0
+    gn.after_step(losses, 0)
+    assert float(gn.weight.sum()) == pytest.approx(2.0)  # T = number of groups
+
+
 def test_gradnorm_checkpoint_round_trip_and_needs_binding():
     net = _Linear2([[3.0, 4.0], [1.0, 0.0]])
     a = GradNorm(["a", "b"])
