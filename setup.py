@@ -30,6 +30,9 @@ setup(
         "torchreid==0.2.5",
         "gdown",  # torchreid imports it at import time
         "setuptools<81",  # detectron2 imports pkg_resources
+        # gradient-aggregation strategies (upgrad, pcgrad, ...; galw_d2/galw/weighting/aggregation.py);
+        # torchjd needs Python >= 3.10, galw_d2 imports it only when such a strategy is built
+        "torchjd[quadprog-projector]==0.18.0; python_version >= '3.10'",
     ],
     # test: the suite plus the checks .ci/run makes before it (ruff: style; import-linter: the layers)
     extras_require={"test": ["pytest>=7", "ruff>=0.6", "import-linter>=2.0"]},

@@ -156,8 +156,57 @@ def add_loss_weighting_config(cfg: CN) -> None:
     _C.GALW.INIT_LOG_SIGMA = 0.0
     # Optional [lo, hi] range log sigma is projected into after every optimizer step; [] = no clamp.
     _C.GALW.LOG_SIGMA_CLAMP = []
-    # Learning rate of log sigma = SOLVER.BASE_LR x this (always without weight decay).
+    # Learning rate of the learned weights in the model optimizer (log sigma; GradNorm's w) = SOLVER.BASE_LR x
+    # this (always without weight decay).
     _C.GALW.LR_FACTOR = 1.0
+
+    # Other multi-task methods (docs/galw.md, "Other multi-task methods"). Each weights one slot per task,
+    # or per group of GALW.GROUPS when that is set (the group's loss = the sum of its tasks' losses).
+    # Strategy "dwa" (Liu et al., CVPR 2019, Eq. 1): w_k = K softmax_k(r(t-1) / T), r_k = L_k(t-1) / L_k(t-2)
+    # of per-epoch average losses; w = 1 in the first two epochs.
+    _C.GALW.DWA = CN()
+    # Temperature T (the paper: 2).
+    _C.GALW.DWA.TEMPERATURE = 2.0
+    # Iterations per DWA epoch; 0 = GALW.RECORD.EPOCH_ITERS, and if that is 0 too, one pass over DATASETS.TRAIN.
+    _C.GALW.DWA.EPOCH_ITERS = 0
+    # Strategy "rlw" (Lin et al., TMLR 2022): weights = WEIGHT_SUM x softmax(p), p ~ N(0, I) every step.
+    _C.GALW.RLW = CN()
+    # Sum of the random weights (the paper: 1; the number of tasks keeps the plain sum's scale on average).
+    _C.GALW.RLW.WEIGHT_SUM = 1.0
+    # Strategy "famo" (Liu et al., NeurIPS 2023): weights softmax(xi) of logits learned by their own Adam
+    # from the change of the log losses between consecutive steps (not by the model optimizer).
+    _C.GALW.FAMO = CN()
+    # Adam learning rate of the logits xi (the paper / public code: 0.025).
+    _C.GALW.FAMO.LR = 0.025
+    # Weight decay gamma of the logits (the public run scripts: 0.001).
+    _C.GALW.FAMO.GAMMA = 0.001
+    # Added to L - b inside the log (public code: 1e-8).
+    _C.GALW.FAMO.EPS = 1e-8
+    # Lower bounds b of the losses, "name=value" strings (others 0); every loss must stay above its b.
+    _C.GALW.FAMO.MIN_LOSSES = []
+    # Strategy "gradnorm" (Chen et al., ICML 2018): learned w_i (model optimizer, lr BASE_LR x LR_FACTOR)
+    # trained on sum_i |G_i - mean(G) r_i^alpha|, renormalised to sum T after each step.
+    _C.GALW.GRADNORM = CN()
+    # Asymmetry alpha (the paper: 1.5 on NYUv2).
+    _C.GALW.GRADNORM.ALPHA = 1.5
+    # Regexes of the shared weights W whose gradient norms G_i are balanced; [] = GALW.RECORD.SHARED_PARAMS.
+    # The paper uses the last shared layer (cheaper: the per-task backward passes stop there).
+    _C.GALW.GRADNORM.SHARED_PARAMS = []
+    # Floor of w before the renormalisation (our safeguard: a negative weight would ascend that loss).
+    _C.GALW.GRADNORM.MIN_WEIGHT = 0.0
+    # Gradient-aggregation strategies through torchjd: "upgrad", "pcgrad", "mgda", "imtl_g", "aligned_mtl",
+    # "dualproj", "cagrad" (needs cvxpy). The shared parameters get the aggregated per-task Jacobian, the
+    # others the plain sum's gradient.
+    _C.GALW.AGGREGATION = CN()
+    # Regexes of the shared parameters whose Jacobian is aggregated; [] = GALW.RECORD.SHARED_PARAMS.
+    _C.GALW.AGGREGATION.SHARED_PARAMS = []
+    # How the per-task Jacobian is computed: "rows" = one autograd.grad of each task's loss (works for every
+    # op); "vmap" = all rows at once by torchjd.autojac.backward through torch.vmap (not every op supports it).
+    _C.GALW.AGGREGATION.JACOBIAN = "rows"
+    # c of CAGrad (the paper: 0.4-0.5).
+    _C.GALW.AGGREGATION.CAGRAD_C = 0.5
+    # Aligned-MTL scale of the aligned rows: "min" (the paper: smallest singular value), "median", "rmse".
+    _C.GALW.AGGREGATION.ALIGNED_MTL_SCALE_MODE = "min"
 
     # Gradient-trend recorder (Eq. 6, Algorithm 1 lines 1-6): probes every task's gradient over the
     # shared parameters with torch.autograd.grad before the main backward (training is unchanged).

@@ -92,7 +92,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="needs GALW.GROUPS"):
         build_weighting_from_lists("galw", ["a"], {"a": "cls"})
     with pytest.raises(ValueError, match="unknown strategy"):
-        build_weighting_from_lists("gradnorm", ["a"], {"a": "cls"})
+        build_weighting_from_lists("no_such_method", ["a"], {"a": "cls"})
 
 
 def test_clamp_projects_log_sigma():

@@ -82,7 +82,7 @@ else
 fi
 
 # 4. galw_d2 itself (editable) with its remaining dependencies and the test extras.
-if "$PY" -c "import galw_d2, torchreid, scipy, cv2, pytest, importlinter, ruff" 2>/dev/null && \
+if "$PY" -c "import galw_d2, torchreid, scipy, cv2, pytest, importlinter, ruff, torchjd, qpsolvers, quadprog" 2>/dev/null && \
    [ "$("$PY" -c "import galw_d2, os; print(os.path.dirname(os.path.dirname(os.path.abspath(galw_d2.__file__))))")" = "$ROOT" ]; then
   log "galw_d2 already installed (editable) from $ROOT"
 else

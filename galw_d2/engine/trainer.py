@@ -42,7 +42,8 @@ from .hooks import OnlineRegroup, TrendsWriter
 from .optimizer import build_galw_optimizer
 from .train_loop import GALWStep
 
-__all__ = ["GALWTrainer", "build_recorder", "select_shared_parameters", "epoch_iters_from_cfg", "amp_settings"]
+__all__ = ["GALWTrainer", "build_recorder", "select_shared_parameters", "epoch_iters_from_cfg", "amp_settings",
+           "bind_shared_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,19 @@ def build_recorder(cfg, model: nn.Module) -> Optional[GradientTrendRecorder]:
     return rec
 
 
+def bind_shared_parameters(cfg, galw_model: GALWModel) -> None:
+    """Hand the shared parameters to a weighting that needs them (GradNorm, gradient aggregation):
+    those matched by its ``shared_param_patterns``, else by ``GALW.RECORD.SHARED_PARAMS``. No-op (and no
+    pattern check) for the others."""
+    weighting = galw_model.weighting
+    if not getattr(weighting, "needs_shared_parameters", False):
+        return
+    patterns = list(weighting.shared_param_patterns) or list(cfg.GALW.RECORD.SHARED_PARAMS)
+    shared = select_shared_parameters(galw_model.model, patterns)
+    weighting.bind_shared_parameters([p for _, p in shared])
+    logger.info(f"{type(weighting).__name__}: {len(shared)} shared parameter tensors ({patterns})")
+
+
 def amp_settings(cfg, device: torch.device):
     """``(autocast dtype, GradScaler)`` of ``SOLVER.AMP.ENABLED``: fp16 + GradScaler on CUDA, bfloat16
     (no scaler needed) on CPU; ``(None, None)`` when AMP is off."""
@@ -120,6 +134,7 @@ class GALWTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self.recorder = build_recorder(cfg, unwrap_galw(model).model)
+        bind_shared_parameters(cfg, unwrap_galw(model))
         device = unwrap_galw(model).device
         model = create_ddp_model(model, broadcast_buffers=False,
                                  **({"device_ids": None} if device.type == "cpu" else {}))

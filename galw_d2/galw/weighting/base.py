@@ -21,6 +21,11 @@ model wrapper, so DDP sees learned weights), :meth:`LossWeighting.backward` (def
 ``total.backward()``; gradient-aggregation methods override it), then, after ``optimizer.step()``,
 :meth:`LossWeighting.after_step` (projections such as the log-sigma clamp, or updates that need the
 step's losses).
+
+Methods that need the per-task gradients on the shared parameters (GradNorm, gradient aggregation)
+set ``needs_shared_parameters = True``; :class:`galw_d2.engine.GALWTrainer` then calls
+:meth:`LossWeighting.bind_shared_parameters` once with the parameters matched by
+``shared_param_patterns`` (or ``GALW.RECORD.SHARED_PARAMS`` when that is empty).
 """
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -100,6 +105,11 @@ class LossWeighting(nn.Module):
     :meth:`after_step` default to the plain weighted sum.
     """
 
+    #: True for methods that differentiate each task w.r.t. the shared parameters (GradNorm, aggregation).
+    needs_shared_parameters: bool = False
+    #: regexes selecting those parameters by name; empty = ``GALW.RECORD.SHARED_PARAMS``.
+    shared_param_patterns: Sequence[str] = ()
+
     def __init__(self, tasks: Sequence[str]):
         super().__init__()
         self.tasks = list(tasks)
@@ -125,6 +135,11 @@ class LossWeighting(nn.Module):
 
     def after_step(self, losses: Mapping[str, torch.Tensor], iteration: int) -> None:
         """Called once after ``optimizer.step()`` with the step's (detached-able) losses."""
+
+    def bind_shared_parameters(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Receive the shared parameters theta_m (called once by the trainer when
+        ``needs_shared_parameters``). Default: ignored. They are NOT registered as submodule
+        parameters (the model owns them: no duplicate in the state dict or the optimizer)."""
 
     def check_known(self, losses: Mapping[str, torch.Tensor]) -> None:
         """``KeyError`` naming every loss this method has no weight for; ``ValueError`` if empty."""
