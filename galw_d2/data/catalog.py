@@ -11,6 +11,7 @@ geometric boxes, register the root under another prefix and name that prefix in 
 """
 import functools
 import logging
+import math
 import os
 from typing import Callable, Dict, Optional
 
@@ -31,7 +32,8 @@ from .protocol import SearchProtocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register_cuhk_sysu", "register_prw", "register_synthps", "get_search_protocol", "SPLITS",
+__all__ = [
+    "epoch_iters_from_cfg","register_cuhk_sysu", "register_prw", "register_synthps", "get_search_protocol", "SPLITS",
            "BOX_CONVENTIONS"]
 
 #: the registered splits: ``<prefix>_<split>``; "test" = every gallery record, then every query record
@@ -186,3 +188,13 @@ def get_search_protocol(dataset_name: str, gallery_size: int = 100, subset: Opti
     if subset is not None:
         raise ValueError(f"dataset '{dataset_name}': subsets ({subset!r}) exist for the CUHK-SYSU layout only")
     return load_prw_protocol(meta.root, cross_camera=cross_camera, box_convention=convention)
+
+
+def epoch_iters_from_cfg(cfg) -> int:
+    """GALW.RECORD.EPOCH_ITERS, or ceil(#images of DATASETS.TRAIN / SOLVER.IMS_PER_BATCH)."""
+    if cfg.GALW.RECORD.EPOCH_ITERS > 0:
+        return int(cfg.GALW.RECORD.EPOCH_ITERS)
+    n = sum(len(DatasetCatalog.get(d)) for d in cfg.DATASETS.TRAIN)
+    if n == 0:
+        raise ValueError(f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} is empty; set GALW.RECORD.EPOCH_ITERS")
+    return max(1, math.ceil(n / cfg.SOLVER.IMS_PER_BATCH))

@@ -22,7 +22,6 @@ Checkpoints: v0.6 DefaultTrainer does not save the optimizer (upstream does, und
 recorder and the iteration. A checkpoint without ``_trainer`` loads with a warning.
 """
 import logging
-import math
 import os
 import re
 import weakref
@@ -35,6 +34,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ..data.catalog import epoch_iters_from_cfg
 from ..galw.recorder import GradientTrendRecorder
 from ..galw.weighting import build_loss_weighting
 from .galw_model import GALWModel, unwrap_galw
@@ -57,18 +57,6 @@ def select_shared_parameters(model: nn.Module, patterns) -> List:
         raise ValueError(f"GALW.RECORD.SHARED_PARAMS {list(patterns)} match no trainable parameter of "
                          f"{type(model).__name__} (names look like {sample})")
     return out
-
-
-def epoch_iters_from_cfg(cfg) -> int:
-    """GALW.RECORD.EPOCH_ITERS, or ceil(#images of DATASETS.TRAIN / SOLVER.IMS_PER_BATCH)."""
-    if cfg.GALW.RECORD.EPOCH_ITERS > 0:
-        return int(cfg.GALW.RECORD.EPOCH_ITERS)
-    from detectron2.data import DatasetCatalog  # reads the dataset lists only when no epoch length is set
-
-    n = sum(len(DatasetCatalog.get(d)) for d in cfg.DATASETS.TRAIN)
-    if n == 0:
-        raise ValueError(f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)} is empty; set GALW.RECORD.EPOCH_ITERS")
-    return max(1, math.ceil(n / cfg.SOLVER.IMS_PER_BATCH))
 
 
 def build_recorder(cfg, model: nn.Module) -> Optional[GradientTrendRecorder]:

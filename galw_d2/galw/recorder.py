@@ -24,7 +24,6 @@ across resume; :meth:`trends` returns the trends file content::
                   "world_size", ... plus what the caller adds}}
 """
 import json
-import math
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 

@@ -34,7 +34,7 @@ def dwa_epoch_iters(cfg) -> int:
         return int(cfg.GALW.RECORD.EPOCH_ITERS)
     # only in this fallback: the dataset length needs detectron2's catalog (lazy import keeps this
     # module torch-only otherwise)
-    from ...engine.trainer import epoch_iters_from_cfg
+    from ...data.catalog import epoch_iters_from_cfg
 
     return epoch_iters_from_cfg(cfg)
 
