@@ -68,6 +68,15 @@ class GALWStep(SimpleTrainer):
             raise ValueError(f"{type(weighting).__name__} computes its own gradients: fp16 AMP with a GradScaler "
                              "is not supported for it (use bfloat16 or fp32)")
 
+    def reset_data_iterator(self) -> None:
+        """(Re)create the data iterator now: detectron2 v0.6 keeps it in ``_data_loader_iter`` (made
+        in ``__init__``), upstream main creates ``_data_loader_iter_obj`` lazily on the first step."""
+        it = iter(self.data_loader)
+        if isinstance(getattr(type(self), "_data_loader_iter", None), property):
+            self._data_loader_iter_obj = it
+        else:
+            self._data_loader_iter = it
+
     # ------------------------------------------------------------------ the step
     def run_step(self):
         assert self.model.training, "[GALWStep] model was changed to eval mode!"
