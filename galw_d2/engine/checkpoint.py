@@ -133,7 +133,7 @@ class SafeCheckpointer(DetectionCheckpointer):
             problem, data = self._check(path)
             if problem is None:
                 if tried:
-                    self.logger.warning(
+                    logger.warning(
                         f"resume: {'; '.join(tried)}; falling back to the newest intact checkpoint {path}")
                 self._verified = (path, data)
                 return path
