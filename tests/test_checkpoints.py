@@ -125,3 +125,42 @@ def test_checkpoint_holds_the_rng_state(tmp_path):
     t.load_state_dict(ck["trainer"])
     assert torch.equal(torch.get_rng_state(), rng["torch"])
     assert (np.random.get_state()[1] == rng["numpy"]["keys"].numpy()).all()
+
+
+def test_finetune_from_another_identity_count(caplog):
+    """Old behaviour: AttributeError: 'GALWModel' object has no attribute 'alignps' (fvcore's
+    shape-mismatch path resolves the flat keys as attributes). Now: OIM tables of the new size, the
+    rest loaded, one clear log line."""
+    from detectron2.config import get_cfg
+
+    from galw_d2 import add_galw_config
+    from galw_d2.engine.checkpoint import SafeCheckpointer
+    from galw_d2.engine.person_search import PersonSearchTrainer
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def model(n):
+        cfg = add_galw_config(get_cfg())
+        cfg.merge_from_file(os.path.join(root, "configs", "synthps", "roi_alignps_R18_tiny_synthps.yaml"))
+        cfg.MODEL.PERSON_SEARCH.NUM_PIDS = n
+        torch.manual_seed(n)
+        return PersonSearchTrainer.build_model(cfg)
+
+    src = model(10)
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    sd["alignps.memory.lut"].normal_()
+    dst = model(17)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ckpt.pth")
+        torch.save({"model": sd}, path)
+        with caplog.at_level(logging.WARNING):
+            SafeCheckpointer(dst).resume_or_load(path, resume=False)
+    got = dst.state_dict()
+    assert got["alignps.memory.lut"].shape == got["roi_heads.memory.lut"].shape == (17, sd["alignps.memory.lut"].shape[1])
+    assert got["alignps.memory.lut"].abs().sum() == 0  # fresh table, not the checkpoint's
+    assert "from a checkpoint with 10 identities into a model with 17" in caplog.text
+    assert "['alignps.memory.lut', 'roi_heads.memory.lut'] start empty" in caplog.text
+    same = [k for k in sd if not k.endswith(".lut") and k in got]
+    assert same and all(torch.equal(got[k], sd[k]) for k in same)

@@ -20,6 +20,7 @@ import os
 import re
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -110,6 +111,23 @@ class SafeCheckpointer(DetectionCheckpointer):
         if not self._local():
             return super().tag_last_checkpoint(last_filename_basename)
         _atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    # ------------------------------------------------------------------ loading
+    def _load_model(self, checkpoint):
+        """fvcore's loading (a tensor of another shape is skipped with its own warning), plus one clear
+        line when identity tables (OIM lookup tables ``*.lut``) change size: fine-tuning from a
+        checkpoint trained with another number of identities."""
+        ck = checkpoint.get("model", {})
+        own = self.model.state_dict()
+        own = {k[len("module."):] if k.startswith("module.") else k: v for k, v in own.items()}
+        changed = {k: (tuple(np.shape(ck[k])), tuple(own[k].shape)) for k in ck
+                   if k.endswith(".lut") and k in own and tuple(np.shape(ck[k])) != tuple(own[k].shape)}
+        if changed:
+            (old, _), (new, _) = next(iter(changed.values()))
+            logger.warning(f"fine-tuning from a checkpoint with {old} identities into a model with {new} "
+                           f"(MODEL.PERSON_SEARCH.NUM_PIDS or the training set): the OIM lookup tables "
+                           f"{sorted(changed)} start empty at the new size; every other weight is loaded")
+        return super()._load_model(checkpoint)
 
     # ------------------------------------------------------------------ resuming
     def _load_file(self, filename):
