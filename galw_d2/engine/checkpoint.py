@@ -23,6 +23,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import Checkpointer
 
 __all__ = ["SafeCheckpointer", "checkpoint_problem", "checkpoint_files", "atomic_torch_save"]
 
@@ -137,7 +138,9 @@ class SafeCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _check(self, path: str) -> Tuple[Optional[str], Optional[dict]]:
-        return checkpoint_problem(path, loader=super()._load_file)
+        # fvcore's plain torch.load, as ``load`` reads a .pth file (upstream main's
+        # DetectionCheckpointer._load_file may only run inside ``load``)
+        return checkpoint_problem(path, loader=lambda f: Checkpointer._load_file(self, f))
 
     def get_checkpoint_file(self) -> str:
         """The checkpoint to resume from: ``last_checkpoint``'s target when intact, else the newest

@@ -142,7 +142,8 @@ class GALWTrainer(DefaultTrainer):
         amp_dtype, scaler = amp_settings(cfg, device)
         self._trainer = GALWStep(model, data_loader, optimizer, recorder=self.recorder,
                                  probe_loss=str(cfg.GALW.RECORD.PROBE_LOSS), recording=self._recording_now,
-                                 amp_dtype=amp_dtype, grad_scaler=scaler)
+                                 amp_dtype=amp_dtype, grad_scaler=scaler,
+                                 divergence_ratio=float(cfg.GALW.DIVERGENCE_RATIO))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -216,6 +217,18 @@ class GALWTrainer(DefaultTrainer):
         elif rng is None:
             logger.warning("checkpoint has no 'rng' state: random choices after resume (e.g. RoI sampling) differ "
                            "from the uninterrupted run")
+
+    def after_train(self):
+        """detectron2's ``after_train``, except that after a divergence no hook writes a checkpoint or
+        evaluates (a NaN ``model_final.pth`` would otherwise be saved when the last iteration diverged)."""
+        if not getattr(self._trainer, "diverged", False):
+            return super().after_train()
+        from detectron2.engine import hooks as d2hooks
+
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if not isinstance(h, (d2hooks.PeriodicCheckpointer, d2hooks.EvalHook, d2hooks.BestCheckpointer)):
+                h.after_train()
 
     # ------------------------------------------------------------------ resume / output folder
     def resume_or_load(self, resume: bool = True):
