@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from galw_toy import ToyTrainer, toy_cfg  # noqa: E402
 
-from galw_d2.engine import unwrap_galw  # noqa: E402
 from galw_d2.engine.checkpoint import checkpoint_problem  # noqa: E402
 
 
@@ -158,7 +157,8 @@ def test_finetune_from_another_identity_count(caplog):
         with caplog.at_level(logging.WARNING):
             SafeCheckpointer(dst).resume_or_load(path, resume=False)
     got = dst.state_dict()
-    assert got["alignps.memory.lut"].shape == got["roi_heads.memory.lut"].shape == (17, sd["alignps.memory.lut"].shape[1])
+    dim = sd["alignps.memory.lut"].shape[1]
+    assert got["alignps.memory.lut"].shape == got["roi_heads.memory.lut"].shape == (17, dim)
     assert got["alignps.memory.lut"].abs().sum() == 0  # fresh table, not the checkpoint's
     assert "from a checkpoint with 10 identities into a model with 17" in caplog.text
     assert "['alignps.memory.lut', 'roi_heads.memory.lut'] start empty" in caplog.text

@@ -50,7 +50,8 @@ def test_real_model_divergence_stops_with_the_loss_and_iteration(lr, tmp_path, s
     seed_all_rng(0)
     t = PersonSearchTrainer(cfg)
     t.resume_or_load(resume=False)
-    with pytest.raises(FloatingPointError, match=r"training diverged at iteration \d+: .*(loss_\w+ = |model (weight|buffer) ')"):
+    with pytest.raises(FloatingPointError,
+                       match=r"training diverged at iteration \d+: .*(loss_\w+ = |model (weight|buffer) ')"):
         t.train()
     saved = _finite_checkpoints(str(tmp_path))
     assert "model_final.pth" not in saved and len(saved) <= 7
@@ -85,8 +86,9 @@ def _toy_with_nan_at(tmp_path, it, max_iter, forward_raises):
 
 def test_forward_failure_on_nan_weights_is_reported_as_divergence(tmp_path):
     t = _toy_with_nan_at(tmp_path, 3, 8, forward_raises=True)
-    with pytest.raises(FloatingPointError, match=r"diverged at iteration 3: the forward failed \(AssertionError: Box "
-                                                 r"tensor contains infinite or NaN!\); model weight '.+' is non-finite") as e:
+    msg = r"diverged at iteration 3: the forward failed \(AssertionError: Box tensor contains infinite or NaN!\); " \
+          r"model weight '.+' is non-finite"
+    with pytest.raises(FloatingPointError, match=msg) as e:
         t.train()
     assert isinstance(e.value.__cause__, AssertionError)
     assert _finite_checkpoints(str(tmp_path)) == [f"model_{i:07d}.pth" for i in range(3)]

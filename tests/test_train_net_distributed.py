@@ -31,6 +31,7 @@ def test_two_process_gloo_train_and_eval_through_train_net(tmp_path, synthps_tin
            "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('synthps_tiny_cuhk_train',)",
            "DATASETS.TEST", "('synthps_tiny_cuhk_test',)", "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2",
            "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()", "TEST.EVAL_PERIOD", "4",
+           "TEST.PERSON_SEARCH.GALLERY_SIZE", "50",
            "INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE", "(160, 192)", "SEED", "3"]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))

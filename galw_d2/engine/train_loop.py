@@ -97,8 +97,8 @@ class GALWStep(SimpleTrainer):
             with self._autocast():
                 out = self.model(data)
         except Exception as e:
-            self._raise_if_nonfinite_state(f"the forward failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                                           cause=e)
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            self._raise_if_nonfinite_state(f"the forward failed ({type(e).__name__}: {first_line})", cause=e)
             raise
         losses, total, info = out["losses"], out["total"], out["info"]
         self._check_finite(losses, total)

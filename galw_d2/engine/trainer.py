@@ -260,14 +260,15 @@ class GALWTrainer(DefaultTrainer):
             earlier.append(tag)
         if not earlier:
             return
+        names = [os.path.basename(p) for p in earlier]
         if not self.cfg.GALW.OVERWRITE_OUTPUT:
             raise FileExistsError(
-                f"OUTPUT_DIR {out} holds checkpoints of an earlier run ({', '.join(os.path.basename(p) for p in earlier)}"
+                f"OUTPUT_DIR {out} holds checkpoints of an earlier run ({', '.join(names)}"
                 "): pass --resume to continue it, choose another OUTPUT_DIR, or set GALW.OVERWRITE_OUTPUT True to "
                 "replace it")
         comm.synchronize()
         if comm.is_main_process():
-            logger.warning(f"GALW.OVERWRITE_OUTPUT: deleting the earlier run's {[os.path.basename(p) for p in earlier]} "
+            logger.warning(f"GALW.OVERWRITE_OUTPUT: deleting the earlier run's {names} "
                            f"in {out}")
             for p in earlier:
                 os.remove(p)
