@@ -214,7 +214,11 @@ class GALWTrainer(DefaultTrainer):
             self.galw_state = dict(galw.get("online") or self.galw_state)
         if rng is not None and comm.get_world_size() == 1:
             set_rng_state(rng)
-        elif rng is None:
+        elif rng is not None:
+            # only rank 0 writes checkpoints: the other ranks' RNG states are not in the file
+            logger.warning("resume with several processes: the model's random choices (e.g. RoI sampling) are not "
+                           "restored (data order, augmentations, weights and optimizer are)")
+        else:
             logger.warning("checkpoint has no 'rng' state: random choices after resume (e.g. RoI sampling) differ "
                            "from the uninterrupted run")
 
