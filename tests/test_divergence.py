@@ -111,3 +111,55 @@ def test_plain_forward_errors_are_not_called_divergence(tmp_path):
     net.forward = broken
     with pytest.raises(KeyError, match="gt_pids"):
         t.train()
+
+
+def _gloo_divergence_worker(rank, world, tmp):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+    try:
+        import galw_toy
+
+        class T(galw_toy.ToyTrainer):
+            @classmethod
+            def build_train_loader(cls, cfg):
+                def batches():
+                    for i, b in enumerate(galw_toy.toy_batches(100 + rank)):
+                        if rank == 1 and i == 2:  # only process 1 sees a poisoned batch, at iteration 2
+                            b = [dict(d, x=d["x"] * float("nan")) for d in b]
+                        yield b
+                return batches()
+
+        cfg = galw_toy.toy_cfg(os.path.join(tmp, "out"), strategy="fixed", record=False, max_iter=6)
+        cfg.SOLVER.IMS_PER_BATCH = 8
+        t = T(cfg)
+        t.resume_or_load(resume=False)
+        try:
+            t.train()
+            msg = "finished"
+        except FloatingPointError as e:
+            msg = str(e)
+        with open(os.path.join(tmp, f"rank{rank}.txt"), "w") as f:
+            f.write(msg)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_divergence_on_one_process_stops_every_process(tmp_path):
+    """Without the agreement, process 0 would wait forever in the next gradient all-reduce."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_gloo_divergence_worker, args=(2, str(tmp_path)), nprocs=2, join=False,
+                             start_method="fork")
+    deadline = time.time() + 120
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the processes did not stop together after a divergence on process 1")
+    r0, r1 = ((tmp_path / f"rank{i}.txt").read_text() for i in range(2))
+    assert r1.startswith("training diverged at iteration 2: loss_")
+    assert r0 == f"[process 1] {r1}"

@@ -98,11 +98,12 @@ class GALWStep(SimpleTrainer):
                 out = self.model(data)
         except Exception as e:
             first_line = str(e).splitlines()[0] if str(e) else ""
-            self._raise_if_nonfinite_state(f"the forward failed ({type(e).__name__}: {first_line})", cause=e)
+            msg = self._nonfinite_state(f"the forward failed ({type(e).__name__}: {first_line})")
+            if msg is not None:  # (a failing forward cannot agree with the other ranks: they are in their backward)
+                self._diverge(msg, e)
             raise
         losses, total, info = out["losses"], out["total"], out["info"]
-        self._check_finite(losses, total)
-        self._check_explosion(losses)
+        self._stop_if(self._loss_divergence(losses, total))
         weighting = unwrap_galw(self.model).weighting
         if self.recorder is not None and self.recording() and self.recorder.should_probe(self.iter):
             gam = self.recorder.probe(self.probe_losses(losses, weighting), self.iter)
@@ -126,8 +127,7 @@ class GALWStep(SimpleTrainer):
         else:
             self.optimizer.step()
         weighting.after_step(losses, self.iter)
-        self._check_weighting_finite(weighting)
-        self._raise_if_nonfinite_state("after the optimizer step")
+        self._stop_if(self._weighting_divergence(weighting) or self._nonfinite_state("after the optimizer step"))
         apply_pending_updates(self.model)
 
     def probe_losses(self, losses: Mapping[str, torch.Tensor], weighting) -> Dict[str, torch.Tensor]:
@@ -147,51 +147,61 @@ class GALWStep(SimpleTrainer):
         self.diverged = True
         raise FloatingPointError(msg) from cause
 
-    def _raise_if_nonfinite_state(self, when: str, cause=None) -> None:
-        """FloatingPointError naming the first non-finite weight or floating buffer of the model."""
+    def _stop_if(self, msg: Optional[str], cause=None) -> None:
+        """Raise the divergence ``msg`` (None: no divergence here). With several processes every rank
+        learns whether any rank diverged (one 1-element all-reduce), so all stop together with the
+        diverging rank's message instead of the others waiting forever in the next all-reduce."""
+        if comm.get_world_size() > 1:
+            flag = torch.tensor([0.0 if msg is None else 1.0], device=unwrap_galw(self.model).device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0:
+                msgs = comm.all_gather(msg)
+                rank, first = next((r, m) for r, m in enumerate(msgs) if m is not None)
+                msg = msg or f"[process {rank}] {first}"
+        if msg is not None:
+            self._diverge(msg, cause)
+
+    def _nonfinite_state(self, when: str) -> Optional[str]:
+        """The divergence message naming the first non-finite weight or floating buffer, or None."""
         for kind, items in (("weight", self.model.named_parameters()), ("buffer", self.model.named_buffers())):
             for name, t in items:
                 if t.is_floating_point() and not torch.isfinite(t.detach()).all():
-                    self._diverge(
-                        f"training diverged at iteration {self.iter}: {when}; model {kind} '{name}' is non-finite. "
-                        "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this "
-                        "iteration is intact.", cause)
+                    return (f"training diverged at iteration {self.iter}: {when}; model {kind} '{name}' is non-finite. "
+                            "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this "
+                            "iteration is intact.")
+        return None
 
-    def _check_explosion(self, losses: Mapping[str, torch.Tensor]) -> None:
+    def _loss_divergence(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> Optional[str]:
+        """A non-finite loss or total, or a loss sum above ``divergence_ratio`` x its first value."""
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+        if bad or not torch.isfinite(total.detach()).all():
+            what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or f"weighted total = {float(total.detach())}"
+            return (f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
+                    "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact.")
         if self.divergence_ratio <= 0:
-            return
+            return None
         vals = {k: float(v.detach()) for k, v in losses.items()}
         s = sum(vals.values())
         ref = self.loss_reference
         if ref["value"] is None:
             ref["value"] = s
-            return
+            return None
         if s > self.divergence_ratio * max(ref["value"], 1.0):
             top = max(vals, key=vals.get)
-            self._diverge(
-                f"training diverged at iteration {self.iter}: the sum of the losses is {s:.4g}, more than "
-                f"GALW.DIVERGENCE_RATIO = {self.divergence_ratio:g} x its first value "
-                f"({ref['value']:.4g}, at least 1); largest: {top} = {vals[top]:.4g}. Lower "
-                "SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this iteration is intact.")
+            return (f"training diverged at iteration {self.iter}: the sum of the losses is {s:.4g}, more than "
+                    f"GALW.DIVERGENCE_RATIO = {self.divergence_ratio:g} x its first value "
+                    f"({ref['value']:.4g}, at least 1); largest: {top} = {vals[top]:.4g}. Lower SOLVER.BASE_LR or "
+                    "enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this iteration is intact.")
+        return None
 
-    def _check_finite(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> None:
-        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
-        if bad or not torch.isfinite(total.detach()).all():
-            what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or f"weighted total = {float(total.detach())}"
-            self.diverged = True
-            raise FloatingPointError(
-                f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
-                "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact.")
-
-    def _check_weighting_finite(self, weighting) -> None:
+    def _weighting_divergence(self, weighting) -> Optional[str]:
         for name, p in weighting.named_parameters():
             if not torch.isfinite(p.detach()).all():
                 vals = [v for v in p.detach().flatten().tolist() if not math.isfinite(v)]
-                self.diverged = True
-                raise FloatingPointError(
-                    f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
-                    f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
-                    "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP")
+                return (f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
+                        f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
+                        "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP")
+        return None
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self):
