@@ -127,7 +127,7 @@ class PositionSeededDataset(Dataset):
         try:
             random.seed(s)
             np.random.seed(s)
-            torch.manual_seed(s)
+            torch.random.default_generator.manual_seed(s)  # CPU only: torch.manual_seed also seeds CUDA (slow)
             out = self.mapper(self.records[idx])
         finally:
             random.setstate(py_state)
