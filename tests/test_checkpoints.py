@@ -90,6 +90,11 @@ def test_truncated_midrun_checkpoint_and_garbage_tag(tmp_path, caplog):
         t = ToyTrainer(_cfg(tmp_path, max_iter=6))
         t.resume_or_load(resume=True)
     assert t.start_iter == 6 and "model_9999999.pth file does not exist" in caplog.text
+    # last_checkpoint itself damaged (binary garbage, NUL bytes): same fallback
+    (tmp_path / "last_checkpoint").write_bytes(b"\x00\xff\xfe garbage")
+    t = ToyTrainer(_cfg(tmp_path, max_iter=6))
+    t.resume_or_load(resume=True)
+    assert t.start_iter == 6
 
 
 def test_no_intact_checkpoint_is_a_clear_error(tmp_path):

@@ -58,7 +58,11 @@ def _atomic_write_text(path: str, text: str) -> None:
 def checkpoint_problem(path: str, loader=None) -> Tuple[Optional[str], Optional[dict]]:
     """``(None, data)`` when ``path`` loads as a checkpoint dict with a ``"model"`` entry, else
     ``(reason, None)``. ``loader(path)`` defaults to ``torch.load(..., weights_only=False)``."""
-    if not os.path.isfile(path):
+    try:
+        exists = os.path.isfile(path)
+    except (ValueError, OSError):  # e.g. a NUL byte read from a damaged last_checkpoint
+        exists = False
+    if not exists:
         return "file does not exist", None
     if os.path.getsize(path) == 0:
         return "file is empty", None
@@ -145,7 +149,10 @@ class SafeCheckpointer(DetectionCheckpointer):
     def get_checkpoint_file(self) -> str:
         """The checkpoint to resume from: ``last_checkpoint``'s target when intact, else the newest
         intact ``model_*.pth`` (warning). Raises ``RuntimeError`` when no intact checkpoint exists."""
-        target = super().get_checkpoint_file()
+        try:
+            target = super().get_checkpoint_file()
+        except (UnicodeDecodeError, ValueError):  # last_checkpoint itself is damaged (binary garbage)
+            target = os.path.join(self.save_dir, "last_checkpoint (unreadable)")
         if not self._local():
             return target
         tried = []
