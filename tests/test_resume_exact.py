@@ -147,3 +147,30 @@ def test_kill9_and_resume_is_exact(tmp_path, tiny_datasets):
     assert not differ, f"{len(differ)} of {len(ma)} tensors differ after kill -9 + resume: {differ[:5]}"
     oa, ob = a["trainer"]["_trainer"]["optimizer"]["state"], b["trainer"]["_trainer"]["optimizer"]["state"]
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k]["momentum_buffer"], ob[k]["momentum_buffer"]) for k in oa)
+
+
+def test_evaluation_leaves_the_training_rng_untouched(synthps_tiny, tmp_path):
+    """A periodic evaluation between a checkpoint and the next step must not shift the RNG the next
+    steps draw from (the resumed run does not evaluate there)."""
+    import numpy as np
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from galw_d2 import add_galw_config
+    from galw_d2.data import register_synthps
+    from galw_d2.engine.person_search import PersonSearchTrainer
+
+    if "reliab_eval_tiny_test" not in DatasetCatalog.list():
+        register_synthps(synthps_tiny["cuhk_sysu"], "cuhk_sysu", "reliab_eval_tiny", preset="tiny")
+    cfg = add_galw_config(get_cfg())
+    cfg.merge_from_file(CONFIG)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("reliab_eval_tiny_train",), ("reliab_eval_tiny_test",)
+    cfg.TEST.PERSON_SEARCH.GALLERY_SIZE = 50
+    cfg.OUTPUT_DIR = str(tmp_path)
+    model = PersonSearchTrainer.build_model(cfg)
+    torch.manual_seed(4)
+    np.random.seed(4)
+    t0, n0 = torch.get_rng_state(), np.random.get_state()[1].copy()
+    res = PersonSearchTrainer.test(cfg, model)
+    assert "search" in res  # detectron2 returns the only dataset's results directly
+    assert torch.equal(torch.get_rng_state(), t0) and (np.random.get_state()[1] == n0).all()

@@ -161,6 +161,17 @@ class GALWTrainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         return build_galw_optimizer(cfg, model)
 
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's ``test`` with the RNG states restored afterwards: an evaluation during
+        training (``TEST.EVAL_PERIOD``) draws from the torch RNG (the test loader's seed), which would
+        make the training after it differ from a run resumed from the checkpoint of that iteration."""
+        state = get_rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            set_rng_state(state)
+
     def build_hooks(self):
         ret = super().build_hooks()
         ret.append(TrendsWriter())
