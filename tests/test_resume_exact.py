@@ -174,3 +174,35 @@ def test_evaluation_leaves_the_training_rng_untouched(synthps_tiny, tmp_path):
     res = PersonSearchTrainer.test(cfg, model)
     assert "search" in res  # detectron2 returns the only dataset's results directly
     assert torch.equal(torch.get_rng_state(), t0) and (np.random.get_state()[1] == n0).all()
+
+
+def test_loader_batches_do_not_depend_on_workers_or_start(synthps_tiny):
+    """NUM_WORKERS 0 vs 2 give identical batches (augmentations included), and set_start(k) gives
+    the tail of the stream: what exact resume with worker processes relies on."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from galw_d2 import add_galw_config
+    from galw_d2.data import PersonSearchDatasetMapper, register_synthps
+    from galw_d2.data.samplers import build_resumable_train_loader
+
+    if "reliab_eval_tiny_train" not in DatasetCatalog.list():
+        register_synthps(synthps_tiny["cuhk_sysu"], "cuhk_sysu", "reliab_eval_tiny", preset="tiny")
+    cfg = add_galw_config(get_cfg())
+    cfg.merge_from_file(CONFIG)
+    cfg.DATASETS.TRAIN = ("reliab_eval_tiny_train",)
+    cfg.INPUT.PERSON_SEARCH.FLIP_PROB = 0.5
+    cfg.INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE = (96, 160)
+
+    def batches(workers, start=0, n=4):
+        cfg.DATALOADER.NUM_WORKERS = workers
+        loader = build_resumable_train_loader(cfg, PersonSearchDatasetMapper(cfg, is_train=True), seed=9)
+        loader.batch_sampler.set_start(start)
+        it = iter(loader)
+        return [[(d["file_name"], d["image"]) for d in next(it)] for _ in range(n)]
+
+    a, b, c = batches(0), batches(2), batches(0, start=2, n=2)
+    for x, y in zip(a, b):
+        assert [f for f, _ in x] == [f for f, _ in y] and all(torch.equal(i, j) for (_, i), (_, j) in zip(x, y))
+    for x, y in zip(a[2:], c):
+        assert [f for f, _ in x] == [f for f, _ in y] and all(torch.equal(i, j) for (_, i), (_, j) in zip(x, y))
