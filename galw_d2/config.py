@@ -127,6 +127,14 @@ def add_loss_weighting_config(cfg: CN) -> None:
     """GALW loss-weighting, gradient-recording and grouping keys."""
     _C = cfg
     _C.GALW = CN()
+    # A training run (resume=False) into an OUTPUT_DIR that already holds checkpoints of an earlier
+    # run (last_checkpoint / model_final.pth) is refused unless this is True; then the earlier
+    # last_checkpoint and model_*.pth are deleted first (a kill cannot resume into the old run).
+    _C.GALW.OVERWRITE_OUTPUT = False
+    # Divergence: training stops (FloatingPointError naming the loss and the iteration) when a loss is
+    # non-finite, a weight or buffer becomes non-finite, or the sum of the unweighted losses exceeds
+    # DIVERGENCE_RATIO x its value at the first iteration, at least 1 (0 disables the ratio test).
+    _C.GALW.DIVERGENCE_RATIO = 1000.0
     # Loss weighting strategy, a name of galw_d2.galw.WEIGHTING_REGISTRY: "fixed" (per-task weights),
     # "ulwf" (Kendall et al.), "rulwf" (Eq. 5), "galw" (grouped RULWF, Eq. 9), "ulwf_grouped" (Table 3's
     # ULWF + grouping), and every method registered later (docs/galw.md). Models always return their

@@ -137,6 +137,10 @@ def test_full_model_gradient_clipping_vs_hand_computation():
 def test_divergence_names_the_loss_and_iteration(tmp_path):
     cfg = toy_cfg(tmp_path, strategy="fixed", record=False, max_iter=50)
     cfg.SOLVER.BASE_LR = 1e6
+    with pytest.raises(FloatingPointError, match=r"diverged at iteration \d+: (loss_[ab] = (nan|inf)|.*non-finite|"
+                                                 r"the sum of the losses is .* largest: loss_[ab] = )"):
+        _train(cfg)
+    cfg.GALW.DIVERGENCE_RATIO = 0.0  # the ratio test off: the non-finite checks still stop it
     with pytest.raises(FloatingPointError, match=r"diverged at iteration \d+: (loss_[ab] = (nan|inf)|.*non-finite)"):
         _train(cfg)
 

@@ -27,8 +27,9 @@ def _load_tool(name):
 def toy_dataset(tmp_path_factory):
     """One toy scene registered as ``galw_test_toy_train`` (person-search record fields).
 
-    One image: every batch is the same whatever the sampler position (detectron2 restarts the data
-    stream from the seed on resume; only the training state is restored, which is what we test)."""
+    One image: every batch is the same whatever the sampler position, so this test isolates the
+    training state (optimizer, iteration); the data stream's position across a real kill is tested
+    in test_resume_exact.py."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     smoke = _load_tool("smoke_stock")

@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--verbose", action="store_true", help="also print detectron2's logs and library warnings")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: each phase restarts from its last checkpoint in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output (refused otherwise; --resume continues it)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides applied to both phases")
     return p.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
         dataset=args.dataset, config_file=args.config_file, output=args.output, quick=args.quick,
         seed=args.seed, num_groups=args.num_groups, data_dir=args.data_dir, phase1_iters=args.phase1_iters,
         phase2_iters=args.phase2_iters, eval_phase1=args.eval_phase1, opts=list(args.opts),
-        resume=args.resume, phase1_strategy=args.phase1_strategy,
+        resume=args.resume, phase1_strategy=args.phase1_strategy, overwrite=args.overwrite,
     )
     m = run_pipeline(settings, verbose=args.verbose)
     if not args.quick and m["search"].get("mAP", 0.0) <= m["random_init"].get("mAP", 0.0):

@@ -37,6 +37,7 @@ from ..engine.person_search import PersonSearchTrainer
 from ..galw.workflow import TwoPhase
 from .console import setup_console
 from .evaluation import det_thresh, evaluate_model, make_figures, search_metrics
+from .run_dir import check_run_settings, claim_output_dir, run_settings
 from .recipe import PRESETS, PipelineSettings, build_cfg, prepare_dataset, save_cfg
 from .report import Stages, print_summary, short_task_name, write_report
 
@@ -57,6 +58,11 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
     ``<output>/log.txt``)."""
     s = settings.resolved()
     out = os.path.abspath(s.output)
+    # before any work: usable counts, one run per folder (lock), --resume only onto the same settings
+    check_run_settings(s.phase1_iters, s.phase2_iters, s.num_groups)
+    run_dir = claim_output_dir(out, run_settings(s), resume=s.resume, overwrite=s.overwrite)
+    if s.overwrite:
+        s.opts = list(s.opts) + ["GALW.OVERWRITE_OUTPUT", "True"]  # the trainers replace the old checkpoints
     setup_console(out, verbose)
     torch.manual_seed(s.seed)
     st = Stages(7)
@@ -144,5 +150,6 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
         json.dump(metrics, f, indent=2, default=str)
     write_report(metrics, os.path.join(out, "report.md"))
     print_summary(metrics)
+    run_dir.release()
     return metrics
 

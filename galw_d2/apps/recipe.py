@@ -54,6 +54,7 @@ class PipelineSettings:
     eval_phase1: Optional[bool] = None  # score the phase-1 model too (default: demo yes, quick no)
     opts: List[str] = field(default_factory=list)  # extra KEY VALUE config overrides for both phases
     resume: bool = False  # continue each phase from its last checkpoint in the output folder
+    overwrite: bool = False  # replace an earlier run in the output folder (else refused; galw_d2.apps.run_dir)
     preset: Optional[str] = None  # SynthPS preset (default: the mode's: small, or tiny with quick)
 
     def resolved(self) -> "PipelineSettings":

@@ -101,7 +101,12 @@ class PersonSearchDatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         record = copy.deepcopy(dataset_dict)
-        image = utils.read_image(record["file_name"], format=self.image_format)
+        try:
+            image = utils.read_image(record["file_name"], format=self.image_format)
+        except (OSError, SyntaxError, ValueError) as e:
+            # PIL's errors ("image file is truncated ...") do not name the file; a dataset has thousands
+            raise OSError(f"cannot read {'training' if self.is_train else 'test'} image {record['file_name']}: {e} "
+                          "(truncated or corrupt file: regenerate or replace it)") from e
         utils.check_image_size(record, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

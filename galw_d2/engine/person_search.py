@@ -11,20 +11,22 @@ projects subclass ``DefaultTrainer``:
 * ``build_hooks``: adds a :class:`detectron2.engine.hooks.BestCheckpointer` on ``search/mAP`` when
   periodic evaluation is on, and an optional tqdm progress bar (:class:`ProgressBar`).
 
-Exact resume (the optimizer state in every checkpoint, which detectron2 v0.6 leaves out) comes
-from :class:`~galw_d2.engine.trainer.GALWTrainer`.
+Exact resume: the optimizer and RNG state in every checkpoint (detectron2 v0.6 leaves the optimizer
+out) come from :class:`~galw_d2.engine.trainer.GALWTrainer`; the data stream's position from the
+resumable training loader (:mod:`galw_d2.data.samplers`).
 """
 import logging
 import os
 import time
 from typing import Optional
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 from tqdm import tqdm
 
 from ..data import PersonSearchDatasetMapper
+from ..data.samplers import build_resumable_train_loader
 from ..evaluation import PersonSearchEvaluator
 from .trainer import GALWTrainer
 
@@ -86,7 +88,10 @@ class PersonSearchTrainer(GALWTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=PersonSearchDatasetMapper(cfg, is_train=True))
+        """detectron2's training-loader semantics (infinite seeded index stream, aspect-ratio grouped
+        batches) through :func:`galw_d2.data.samplers.build_resumable_train_loader`, whose position
+        follows the checkpoint: a resumed run sees exactly the batches of the uninterrupted run."""
+        return build_resumable_train_loader(cfg, PersonSearchDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

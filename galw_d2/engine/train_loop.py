@@ -5,7 +5,10 @@ detectron2's answer to "a different training step" is a ``SimpleTrainer`` subcla
 
 1. ``data = next(data iterator)``; forward of the :class:`~galw_d2.engine.galw_model.GALWModel`
    (under ``torch.autocast`` with AMP): ``{"losses": unweighted task losses, "total", "info"}``;
-2. every loss and the total must be finite, else ``FloatingPointError`` naming the loss and iteration;
+2. every loss and the total must be finite, and their unweighted sum within ``divergence_ratio`` x
+   its value at the first iteration (at least 1), else ``FloatingPointError`` naming the loss and the
+   iteration (an exception of the forward itself, e.g. a box assertion on NaN predictions, is
+   reported as divergence when a weight or buffer is non-finite);
 3. on probe iterations, the gradient-trend recorder differentiates each task's probe loss
    (``GALW.RECORD.PROBE_LOSS``: raw or weighted) w.r.t. the shared parameters with
    ``torch.autograd.grad(retain_graph=True)`` BEFORE the main backward; ``.grad`` is never touched, so
@@ -15,7 +18,8 @@ detectron2's answer to "a different training step" is a ``SimpleTrainer`` subcla
 5. ``after_backward`` hooks (upstream detectron2 only, feature-detected); metrics (the unweighted
    losses, as detectron2 logs them, plus the weighting's ``info`` scalars and ``galw/weighted_total``);
 6. ``optimizer.step()``; the weighting's ``after_step`` (e.g. the log-sigma clamp); a non-finite
-   learned weight stops training; deferred OIM-table updates (``apply_pending_updates``).
+   learned weight, model weight or buffer stops training; deferred OIM-table updates
+   (``apply_pending_updates``).
 """
 import contextlib
 import math
@@ -49,11 +53,14 @@ class GALWStep(SimpleTrainer):
         amp_dtype: ``None`` (fp32) or the autocast dtype (``torch.bfloat16`` on CPU, ``torch.float16``
             on CUDA, which also needs ``grad_scaler``).
         grad_scaler: a ``torch.amp.GradScaler`` for fp16, or ``None``.
+        divergence_ratio: stop when the sum of the unweighted losses exceeds this many times its
+            value at the first iteration, at least 1 (0: off). A diverging run often explodes within
+            two or three iterations, so the first value (random initialisation) is the reference.
     """
 
     def __init__(self, model, data_loader, optimizer, *, recorder: Optional[GradientTrendRecorder] = None,
                  probe_loss: str = "raw", recording: Optional[Callable[[], bool]] = None,
-                 amp_dtype: Optional[torch.dtype] = None, grad_scaler=None):
+                 amp_dtype: Optional[torch.dtype] = None, grad_scaler=None, divergence_ratio: float = 0.0):
         super().__init__(model, data_loader, optimizer)
         if probe_loss not in PROBE_LOSSES:
             raise ValueError(f"GALW.RECORD.PROBE_LOSS: '{probe_loss}', expected one of {PROBE_LOSSES}")
@@ -62,11 +69,23 @@ class GALWStep(SimpleTrainer):
         self.recording = recording or (lambda: True)
         self.amp_dtype = amp_dtype
         self.grad_scaler = grad_scaler
+        self.divergence_ratio = float(divergence_ratio)
+        self.loss_reference = {"value": None}  # the loss sum of the first iteration
+        self.diverged = False
         weighting = unwrap_galw(model).weighting
         if grad_scaler is not None and type(weighting).backward is not LossWeighting.backward:
             # a custom backward (gradient aggregation) computes its own gradients from the losses
             raise ValueError(f"{type(weighting).__name__} computes its own gradients: fp16 AMP with a GradScaler "
                              "is not supported for it (use bfloat16 or fp32)")
+
+    def reset_data_iterator(self) -> None:
+        """(Re)create the data iterator now: detectron2 v0.6 keeps it in ``_data_loader_iter`` (made
+        in ``__init__``), upstream main creates ``_data_loader_iter_obj`` lazily on the first step."""
+        it = iter(self.data_loader)
+        if isinstance(getattr(type(self), "_data_loader_iter", None), property):
+            self._data_loader_iter_obj = it
+        else:
+            self._data_loader_iter = it
 
     # ------------------------------------------------------------------ the step
     def run_step(self):
@@ -74,10 +93,17 @@ class GALWStep(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
-        with self._autocast():
-            out = self.model(data)
+        try:
+            with self._autocast():
+                out = self.model(data)
+        except Exception as e:
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            msg = self._nonfinite_state(f"the forward failed ({type(e).__name__}: {first_line})")
+            if msg is not None:  # (a failing forward cannot agree with the other ranks: they are in their backward)
+                self._diverge(msg, e)
+            raise
         losses, total, info = out["losses"], out["total"], out["info"]
-        self._check_finite(losses, total)
+        self._stop_if(self._loss_divergence(losses, total))
         weighting = unwrap_galw(self.model).weighting
         if self.recorder is not None and self.recording() and self.recorder.should_probe(self.iter):
             gam = self.recorder.probe(self.probe_losses(losses, weighting), self.iter)
@@ -101,7 +127,7 @@ class GALWStep(SimpleTrainer):
         else:
             self.optimizer.step()
         weighting.after_step(losses, self.iter)
-        self._check_weighting_finite(weighting)
+        self._stop_if(self._weighting_divergence(weighting) or self._nonfinite_state("after the optimizer step"))
         apply_pending_updates(self.model)
 
     def probe_losses(self, losses: Mapping[str, torch.Tensor], weighting) -> Dict[str, torch.Tensor]:
@@ -117,31 +143,77 @@ class GALWStep(SimpleTrainer):
         device = unwrap_galw(self.model).device.type
         return torch.autocast(device_type=device, dtype=self.amp_dtype)
 
-    def _check_finite(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> None:
+    def _diverge(self, msg: str, cause=None):
+        self.diverged = True
+        raise FloatingPointError(msg) from cause
+
+    def _stop_if(self, msg: Optional[str], cause=None) -> None:
+        """Raise the divergence ``msg`` (None: no divergence here). With several processes every rank
+        learns whether any rank diverged (one 1-element all-reduce), so all stop together with the
+        diverging rank's message instead of the others waiting forever in the next all-reduce."""
+        if comm.get_world_size() > 1:
+            flag = torch.tensor([0.0 if msg is None else 1.0], device=unwrap_galw(self.model).device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0:
+                msgs = comm.all_gather(msg)
+                rank, first = next((r, m) for r, m in enumerate(msgs) if m is not None)
+                msg = msg or f"[process {rank}] {first}"
+        if msg is not None:
+            self._diverge(msg, cause)
+
+    def _nonfinite_state(self, when: str) -> Optional[str]:
+        """The divergence message naming the first non-finite weight or floating buffer, or None."""
+        for kind, items in (("weight", self.model.named_parameters()), ("buffer", self.model.named_buffers())):
+            for name, t in items:
+                if t.is_floating_point() and not torch.isfinite(t.detach()).all():
+                    return (f"training diverged at iteration {self.iter}: {when}; model {kind} '{name}' is non-finite. "
+                            "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this "
+                            "iteration is intact.")
+        return None
+
+    def _loss_divergence(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> Optional[str]:
+        """A non-finite loss or total, or a loss sum above ``divergence_ratio`` x its first value."""
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         if bad or not torch.isfinite(total.detach()).all():
             what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or f"weighted total = {float(total.detach())}"
-            raise FloatingPointError(
-                f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
-                "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact.")
+            return (f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
+                    "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact.")
+        if self.divergence_ratio <= 0:
+            return None
+        vals = {k: float(v.detach()) for k, v in losses.items()}
+        s = sum(vals.values())
+        ref = self.loss_reference
+        if ref["value"] is None:
+            ref["value"] = s
+            return None
+        if s > self.divergence_ratio * max(ref["value"], 1.0):
+            top = max(vals, key=vals.get)
+            return (f"training diverged at iteration {self.iter}: the sum of the losses is {s:.4g}, more than "
+                    f"GALW.DIVERGENCE_RATIO = {self.divergence_ratio:g} x its first value "
+                    f"({ref['value']:.4g}, at least 1); largest: {top} = {vals[top]:.4g}. Lower SOLVER.BASE_LR or "
+                    "enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this iteration is intact.")
+        return None
 
-    def _check_weighting_finite(self, weighting) -> None:
+    def _weighting_divergence(self, weighting) -> Optional[str]:
         for name, p in weighting.named_parameters():
             if not torch.isfinite(p.detach()).all():
                 vals = [v for v in p.detach().flatten().tolist() if not math.isfinite(v)]
-                raise FloatingPointError(
-                    f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
-                    f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
-                    "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP")
+                return (f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
+                        f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
+                        "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP")
+        return None
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self):
         ret = super().state_dict()
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
+        ret["loss_reference"] = dict(self.loss_reference)
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        if "loss_reference" in state_dict:
+            self.loss_reference = dict(state_dict["loss_reference"])

@@ -20,15 +20,29 @@ Checkpoints: v0.6 DefaultTrainer does not save the optimizer (upstream does, und
 :meth:`GALWTrainer.state_dict` always saves ``_trainer`` (optimizer, grad scaler) and ``galw``
 (recorder sums, online-regroup state), so resume restores sigma (model state), its momentum, the
 recorder and the iteration. A checkpoint without ``_trainer`` loads with a warning.
+
+Exact resume (a resumed run computes bit for bit what the uninterrupted run would have): the
+checkpoint also holds the main process' RNG states (``rng``: torch, NumPy, ``random``), and
+:meth:`GALWTrainer.resume_or_load` positions the data stream at ``start_iter`` when the training
+loader's ``batch_sampler`` can skip (``set_start``, e.g.
+:class:`galw_d2.data.samplers.ResumableBatchSampler`), then (re)creates the data iterator without
+consuming the training RNG (detectron2 v0.6 creates it in ``SimpleTrainer.__init__``, upstream main
+lazily on the first step: both behave the same here). Other loaders restart their stream from the
+beginning on resume (a warning says so).
+
+Checkpoints are written atomically and verified on resume (:class:`~galw_d2.engine.checkpoint.SafeCheckpointer`).
+A non-resumed run into an ``OUTPUT_DIR`` holding an earlier run's checkpoints is refused unless
+``GALW.OVERWRITE_OUTPUT`` (see :meth:`GALWTrainer.resume_or_load`).
 """
 import logging
 import os
+import random
 import re
 import weakref
 from typing import List, Optional
 
+import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -37,13 +51,14 @@ from torch import nn
 from ..data.catalog import epoch_iters_from_cfg
 from ..galw.recorder import GradientTrendRecorder
 from ..galw.weighting import build_loss_weighting
+from .checkpoint import SafeCheckpointer, checkpoint_files, checkpoint_problem
 from .galw_model import GALWModel, unwrap_galw
 from .hooks import OnlineRegroup, TrendsWriter
 from .optimizer import build_galw_optimizer
 from .train_loop import GALWStep
 
 __all__ = ["GALWTrainer", "build_recorder", "select_shared_parameters", "epoch_iters_from_cfg", "amp_settings",
-           "bind_shared_parameters"]
+           "bind_shared_parameters", "get_rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +144,10 @@ class GALWTrainer(DefaultTrainer):
         amp_dtype, scaler = amp_settings(cfg, device)
         self._trainer = GALWStep(model, data_loader, optimizer, recorder=self.recorder,
                                  probe_loss=str(cfg.GALW.RECORD.PROBE_LOSS), recording=self._recording_now,
-                                 amp_dtype=amp_dtype, grad_scaler=scaler)
+                                 amp_dtype=amp_dtype, grad_scaler=scaler,
+                                 divergence_ratio=float(cfg.GALW.DIVERGENCE_RATIO))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -146,6 +162,17 @@ class GALWTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_galw_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's ``test`` with the RNG states restored afterwards: an evaluation during
+        training (``TEST.EVAL_PERIOD``) draws from the torch RNG (the test loader's seed), which would
+        make the training after it differ from a run resumed from the checkpoint of that iteration."""
+        state = get_rng_state()
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            set_rng_state(state)
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -181,12 +208,14 @@ class GALWTrainer(DefaultTrainer):
         ret["_trainer"] = self._trainer.state_dict()
         ret["galw"] = {"recorder": self.recorder.state_dict() if self.recorder is not None else None,
                        "online": dict(self.galw_state)}
+        ret["rng"] = get_rng_state()
         return ret
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         galw = state_dict.pop("galw", None)
         trainer_state = state_dict.pop("_trainer", None)
+        rng = state_dict.pop("rng", None)
         TrainerBase.load_state_dict(self, state_dict)
         if trainer_state is not None:
             self._trainer.load_state_dict(trainer_state)
@@ -196,3 +225,103 @@ class GALWTrainer(DefaultTrainer):
             if galw.get("recorder") is not None and self.recorder is not None:
                 self.recorder.load_state_dict(galw["recorder"])
             self.galw_state = dict(galw.get("online") or self.galw_state)
+        if rng is not None and comm.get_world_size() == 1:
+            set_rng_state(rng)
+        elif rng is not None:
+            # only rank 0 writes checkpoints: the other ranks' RNG states are not in the file
+            logger.warning("resume with several processes: the model's random choices (e.g. RoI sampling) are not "
+                           "restored (data order, augmentations, weights and optimizer are)")
+        else:
+            logger.warning("checkpoint has no 'rng' state: random choices after resume (e.g. RoI sampling) differ "
+                           "from the uninterrupted run")
+
+    def after_train(self):
+        """detectron2's ``after_train``, except that after a divergence no hook writes a checkpoint or
+        evaluates (a NaN ``model_final.pth`` would otherwise be saved when the last iteration diverged)."""
+        if not getattr(self._trainer, "diverged", False):
+            return super().after_train()
+        from detectron2.engine import hooks as d2hooks
+
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if not isinstance(h, (d2hooks.PeriodicCheckpointer, d2hooks.EvalHook, d2hooks.BestCheckpointer)):
+                h.after_train()
+
+    # ------------------------------------------------------------------ resume / output folder
+    def resume_or_load(self, resume: bool = True):
+        """detectron2's ``resume_or_load`` + the output-folder check, exact data-stream positioning and
+        a re-written ``model_final.pth`` when a finished run's final file was lost.
+
+        ``resume=False`` into an ``OUTPUT_DIR`` that holds checkpoints of an earlier run raises
+        ``FileExistsError`` unless ``cfg.GALW.OVERWRITE_OUTPUT`` (then its checkpoints and
+        ``last_checkpoint`` are deleted first, with a warning).
+        """
+        if not resume:
+            self._claim_output_dir()
+        super().resume_or_load(resume=resume)
+        self._position_data_stream(self.start_iter)
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if resume and self.start_iter >= self.max_iter and comm.is_main_process() and self.cfg.OUTPUT_DIR \
+                and checkpoint_problem(final)[0] is not None:
+            logger.warning(f"resume: the run had finished but {final} is missing or damaged; writing it again "
+                           "from the last intact checkpoint")
+            self.checkpointer.save("model_final", iteration=self.start_iter - 1)
+
+    def _claim_output_dir(self) -> None:
+        out = self.cfg.OUTPUT_DIR
+        if not out or "://" in out:
+            return
+        earlier = checkpoint_files(out)
+        tag = os.path.join(out, "last_checkpoint")
+        if os.path.exists(tag):
+            earlier.append(tag)
+        if not earlier:
+            return
+        names = [os.path.basename(p) for p in earlier]
+        if not self.cfg.GALW.OVERWRITE_OUTPUT:
+            raise FileExistsError(
+                f"OUTPUT_DIR {out} holds checkpoints of an earlier run ({', '.join(names)}"
+                "): pass --resume to continue it, choose another OUTPUT_DIR, or set GALW.OVERWRITE_OUTPUT True to "
+                "replace it")
+        comm.synchronize()
+        if comm.is_main_process():
+            logger.warning(f"GALW.OVERWRITE_OUTPUT: deleting the earlier run's {names} "
+                           f"in {out}")
+            for p in earlier:
+                os.remove(p)
+        comm.synchronize()
+
+    def _position_data_stream(self, start_iter: int) -> None:
+        """Skip the data stream to batch ``start_iter`` (resumable loaders) and create the data
+        iterator now, with the torch RNG left as it was."""
+        sampler = getattr(self.data_loader, "batch_sampler", None)
+        if hasattr(sampler, "set_start"):
+            sampler.set_start(start_iter)
+        elif start_iter > 0:
+            logger.warning(f"resume at iteration {start_iter}: the training loader ({type(self.data_loader).__name__}) "
+                           "cannot skip, its data stream restarts from the beginning (resume is not exact); "
+                           "use galw_d2.data.samplers.build_resumable_train_loader")
+        with torch.random.fork_rng(devices=[]):
+            self._trainer.reset_data_iterator()
+
+
+def get_rng_state() -> dict:
+    """The RNG states of torch (CPU), NumPy and ``random`` as tensors and ints (loadable with
+    ``torch.load(weights_only=True)``, as fvcore loads checkpoints)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached)},
+            "python": {"version": int(version), "state": torch.as_tensor(internal, dtype=torch.int64),
+                       "gauss": gauss}}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`get_rng_state`'s states."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
