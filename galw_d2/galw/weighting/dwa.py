@@ -15,7 +15,6 @@ run was resumed. The running sums and the last two epoch averages are buffers: c
 With ``GALW.GROUPS``, k runs over the groups (``L_g = sum_{i in g} L_i``, K = number of groups): the
 weight of a group follows the descent rate of its summed loss. Cost: none (loss values only).
 """
-import math
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -50,7 +49,9 @@ class DWA(SlotWeighting):
 
     State (buffers, in checkpoints): ``epoch_sum`` (S,) float64 loss sums of the running epoch,
     ``epoch_count`` (S,) steps each slot was present, ``prev_avg`` (2, S) the averages of epochs
-    t-2 (row 0) and t-1 (row 1) (NaN = slot never present), ``epochs_done`` () completed epochs.
+    t-2 (row 0) and t-1 (row 1), ``prev_present`` (2, S) whether the slot was present in that epoch
+    (every buffer stays finite: the trainer treats a non-finite buffer as divergence),
+    ``epochs_done`` () completed epochs.
     """
 
     def __init__(self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *,
@@ -65,7 +66,8 @@ class DWA(SlotWeighting):
         s = self.num_slots
         self.register_buffer("epoch_sum", torch.zeros(s, dtype=torch.float64))
         self.register_buffer("epoch_count", torch.zeros(s, dtype=torch.long))
-        self.register_buffer("prev_avg", torch.full((2, s), float("nan"), dtype=torch.float64))
+        self.register_buffer("prev_avg", torch.zeros((2, s), dtype=torch.float64))
+        self.register_buffer("prev_present", torch.zeros((2, s), dtype=torch.bool))
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
 
     @classmethod
@@ -79,8 +81,9 @@ class DWA(SlotWeighting):
         s = self.num_slots
         if int(self.epochs_done) < 2:
             return torch.ones(s, dtype=torch.float64, device=self.prev_avg.device)
-        r = self.prev_avg[1] / self.prev_avg[0]
-        r = torch.where(torch.isfinite(r), r, torch.ones_like(r))
+        ok = self.prev_present.all(dim=0) & (self.prev_avg[0] > 0)
+        r = torch.where(ok, self.prev_avg[1] / torch.where(ok, self.prev_avg[0], torch.ones_like(self.prev_avg[0])),
+                        torch.ones_like(self.prev_avg[0]))
         return s * torch.softmax(r / self.temperature, dim=0)
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -101,9 +104,10 @@ class DWA(SlotWeighting):
             self.epoch_count[g] += 1
         if (int(iteration) + 1) % self.epoch_iters == 0:  # the epoch's last iteration: close it
             avg = self.epoch_sum / self.epoch_count.clamp(min=1).to(torch.float64)
-            avg = torch.where(self.epoch_count > 0, avg, torch.full_like(avg, math.nan))
             self.prev_avg[0] = self.prev_avg[1]
             self.prev_avg[1] = avg
+            self.prev_present[0] = self.prev_present[1]
+            self.prev_present[1] = self.epoch_count > 0
             self.epochs_done += 1
             self.epoch_sum.zero_()
             self.epoch_count.zero_()
