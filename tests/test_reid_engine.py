@@ -155,3 +155,28 @@ def test_train_reid_cli_overrides(data_root, tmp_path, capsys):
     assert m["weighting"]["strategy"] == "ulwf" and set(m["weighting"]["sigma"]) == set(REID_TASKS)
     with pytest.raises(SystemExit):
         train_reid.main(["--config-file", TINY, "--output", str(out), "GALW.STRATEGY"])
+
+
+def test_market1501_official_layout_through_build_datamanager(tmp_path):
+    """torchreid's own Market-1501 reader on a minimal official layout (names <pid>_c<cam>s1_<frame>_<k>.jpg)."""
+    from PIL import Image
+
+    from galw_d2.reid.data import build_datamanager
+
+    base = tmp_path / "market1501" / "Market-1501-v15.09.15"
+    rng = np.random.default_rng(0)
+    layout = {"bounding_box_train": [(1, 1), (1, 2), (2, 1), (2, 3), (3, 2), (3, 4)],
+              "query": [(7, 1), (8, 2)],
+              "bounding_box_test": [(7, 2), (8, 3), (0, 1), (-1, 1)]}
+    for folder, items in layout.items():
+        (base / folder).mkdir(parents=True)
+        for k, (pid, cam) in enumerate(items):
+            img = Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8))
+            img.save(base / folder / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg" if pid >= 0 else
+                     base / folder / f"-1_c{cam}s1_{k:06d}_00.jpg")
+    cfg = setup_cfg(TINY, ["DATA.ROOT", str(tmp_path), "DATA.SOURCES", "['market1501']", "DATA.P", "2", "DATA.K", "2"])
+    dm = build_datamanager(cfg)
+    assert dm.num_train_pids == 3
+    assert len(dm.test_loader["market1501"]["gallery"].dataset) == 3  # the junk (-1) crop is dropped
+    batch = next(iter(dm.train_loader))
+    assert batch["img"].shape == (4, 3, 64, 32)

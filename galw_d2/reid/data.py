@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torchvision.transforms as T
@@ -42,7 +42,8 @@ _NAME = re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+\.jpg$")
 SYNTHPS_PREFIX = "synthps_reid_"
 
 
-def _crop(image, box) -> "Image":
+def _crop(image, box):
+    """PIL crop of an XYXY box clipped to the image; None when nothing is left."""
     x1, y1, x2, y2 = [float(v) for v in box]
     w, h = image.size
     x1, y1, x2, y2 = max(0, round(x1)), max(0, round(y1)), min(w, round(x2)), min(h, round(y2))

@@ -143,8 +143,9 @@ class Mancs(nn.Module):
         prelu: end the last block of layer4 with PReLU (Mancs Sec. 4.3).
     """
 
-    def __init__(self, trunk: nn.ModuleDict, num_classes: int, fab_stages: Sequence[str] = ("layer2", "layer3", "layer4"),
-                 fab_reduction: int = 16, rank_dim: int = 2048, cls_dim: int = 2048, prelu: bool = True):
+    def __init__(self, trunk: nn.ModuleDict, num_classes: int,
+                 fab_stages: Sequence[str] = ("layer2", "layer3", "layer4"), fab_reduction: int = 16,
+                 rank_dim: int = 2048, cls_dim: int = 2048, prelu: bool = True):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"Mancs: needs >= 2 training identities, got {num_classes}")

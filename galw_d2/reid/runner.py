@@ -13,8 +13,6 @@ gradient-trend recorder, and :class:`.engine.MancsEngine`. :func:`run_training` 
 """
 import os
 import time
-from typing import Optional
-
 import torch
 from torchreid.reid.utils import set_random_seed
 
@@ -60,10 +58,10 @@ def build_engine(cfg, progress: bool = True) -> MancsEngine:
         epoch_iters = int(cfg.GALW.RECORD.EPOCH_ITERS) or len(dm.train_loader)
         recorder = GradientTrendRecorder(shared_parameters(model, cfg.GALW.RECORD.SHARED_PARAMS),
                                          int(cfg.GALW.RECORD.PERIOD), epoch_iters, tasks=list(REID_TASKS))
-    l = cfg.LOSS
-    triplet = CurriculumTripletLoss(l.MARGIN, l.CURRICULUM_T0, l.CURRICULUM_T1, l.CURRICULUM_A, l.CURRICULUM_B,
-                                    l.POSITIVES)
-    return MancsEngine(dm, model, weighting, optimizer, triplet, focal_gamma=float(l.FOCAL_GAMMA),
+    lc = cfg.LOSS
+    triplet = CurriculumTripletLoss(lc.MARGIN, lc.CURRICULUM_T0, lc.CURRICULUM_T1, lc.CURRICULUM_A, lc.CURRICULUM_B,
+                                    lc.POSITIVES)
+    return MancsEngine(dm, model, weighting, optimizer, triplet, focal_gamma=float(lc.FOCAL_GAMMA),
                        scheduler=scheduler, clip_grad_norm=float(cfg.SOLVER.CLIP_GRAD_NORM), recorder=recorder,
                        checkpoint_period=int(cfg.SOLVER.CHECKPOINT_PERIOD), save_dir=cfg.OUTPUT_DIR,
                        progress=progress, use_gpu=cfg.DEVICE != "cpu")
@@ -98,8 +96,8 @@ def run_training(cfg, resume: bool = False, eval_only: str = "", progress: bool 
         last = os.path.join(out, "last_checkpoint.pth")
         if eval_only:
             engine.resume(eval_only)
-            engine.last_metrics = engine.evaluate(cfg.TEST.DIST_METRIC, cfg.TEST.NORMALIZE_FEATURE, list(cfg.TEST.RANKS),
-                                                  cfg.DATA.CUHK03_CLASSIC_SPLIT)
+            engine.last_metrics = engine.evaluate(cfg.TEST.DIST_METRIC, cfg.TEST.NORMALIZE_FEATURE,
+                                                  list(cfg.TEST.RANKS), cfg.DATA.CUHK03_CLASSIC_SPLIT)
         else:
             if resume and os.path.isfile(last):
                 start_epoch = engine.resume(last)
