@@ -153,6 +153,13 @@ def test_train_reid_cli_overrides(data_root, tmp_path, capsys):
     assert rc == 0
     m = json.load(open(out / "metrics.json"))
     assert m["weighting"]["strategy"] == "ulwf" and set(m["weighting"]["sigma"]) == set(REID_TASKS)
+    # --eval-only on the final checkpoint gives the same numbers
+    out2 = tmp_path / "eval"
+    assert train_reid.main(["--config-file", TINY, "--output", str(out2), "--no-progress", "--eval-only",
+                            str(out / "model_final.pth"), "DATA.ROOT", data_root, "GALW.STRATEGY", "ulwf"]) == 0
+    m2 = json.load(open(out2 / "metrics.json"))
+    assert (m2["mAP"], m2["rank1"]) == (m["mAP"], m["rank1"])
+    assert m2["weighting"]["sigma"] == m["weighting"]["sigma"]  # the weighting state is in the checkpoint
     with pytest.raises(SystemExit):
         train_reid.main(["--config-file", TINY, "--output", str(out), "GALW.STRATEGY"])
 
