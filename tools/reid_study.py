@@ -51,10 +51,14 @@ def parse_partition(arm: str):
     return groups
 
 
+RAN = []  # runs started by this invocation
+
+
 def run_one(args, arm, seed, groups, record=False):
     out = os.path.join(args.work, arm, f"seed{seed}")
     if os.path.isfile(os.path.join(out, "metrics.json")):
         return out
+    RAN.append((arm, seed))
     os.makedirs(out, exist_ok=True)
     strategy = "galw" if arm.startswith("galw") else "fixed" if arm == "equal" else arm
     opts = ["SEED", str(seed), "GALW.STRATEGY", strategy] + list(args.opts)
@@ -134,6 +138,31 @@ def summarize(args, arms, seeds, groups_info, aliases=None):
                     "read ci95_t."}
 
 
+def weight_trajectories(run_dir):
+    """Effective weight 1/(k sigma^2) of each task at the end of every epoch, from the run's TensorBoard
+    scalars ``Train/galw/weight/<task>`` (written every iteration by MancsEngine); {} for fixed runs."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(glob.glob(os.path.join(glob.escape(run_dir), "events.out.tfevents.*")))
+    if not files:
+        return {}
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    per_epoch = max(1, m["iterations"] // max(1, m["epochs"]))
+    out = {}
+    for f in files:  # a resumed run has several event files; later files overwrite earlier steps
+        ea = EventAccumulator(f, size_guidance={"scalars": 0})
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            if tag.startswith("Train/galw/weight/"):
+                d = out.setdefault(tag.rsplit("/", 1)[1], {})
+                d.update({e.step: e.value for e in ea.Scalars(tag)})
+    return {t: [round(float(v[max(k for k in v if k <= (e + 1) * per_epoch - 1)]), 3)
+                for e in range(m["epochs"]) if any(k <= (e + 1) * per_epoch - 1 for k in v)]
+            for t, v in out.items()}
+
+
 def write_report(path, summary, wall, cmdline):
     arms = summary["arms"]
     lines = ["# Mancs on SynthPS crops: loss weighting arms (measured)", "",
@@ -168,6 +197,15 @@ def write_report(path, summary, wall, cmdline):
         w = a["per_seed"].get(str(summary["seeds"][0]), {}).get("weighting") or {}
         if w.get("weights"):
             lines.append(f"- {arm}: " + ", ".join(f"{k} {v:.3g}" for k, v in w["weights"].items()))
+    traj = summary.get("trajectories") or {}
+    if traj:
+        lines += ["", f"Weights 1/(k sigma^2) at the end of epochs 1, 3, 6, 9, 12 (seed {summary['seeds'][0]}; "
+                  "from TensorBoard `Train/galw/weight/*`):", "",
+                  "| arm | loss_rank | loss_cls | loss_att |", "|---|---|---|---|"]
+        for arm, tr in traj.items():
+            cells = [" ".join(f"{tr[t][e - 1]:.2f}" for e in (1, 3, 6, 9, 12) if e <= len(tr.get(t, [])))
+                     for t in REID_TASKS]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", summary["ci95"], ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -223,9 +261,14 @@ def main(argv=None):
         for f in [ex.submit(run_one, args, arm, s, g) for arm, s, g in jobs]:
             f.result()
     wall = time.time() - t0
+    spath = os.path.join(args.results, "summary.json")
+    if not RAN and os.path.isfile(spath):  # nothing ran now: keep the wall time of the invocation that ran them
+        wall = 60.0 * json.load(open(spath)).get("wall_time_min", wall / 60.0)
     summary = summarize(args, args.arms, seeds, groups_info, aliases)
     summary["wall_time_min"] = round(wall / 60, 1)
-    with open(os.path.join(args.results, "summary.json"), "w") as f:
+    summary["trajectories"] = {a: weight_trajectories(os.path.join(args.work, aliases.get(a, a), f"seed{seeds[0]}"))
+                               for a in args.arms if a not in ("fixed", "equal")}
+    with open(spath, "w") as f:
         json.dump(summary, f, indent=1)
     cmdline = "python tools/reid_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(os.path.join(args.results, "report.md"), summary, wall, cmdline)
