@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -270,7 +271,7 @@ def main(argv=None):
                                for a in args.arms if a not in ("fixed", "equal")}
     with open(spath, "w") as f:
         json.dump(summary, f, indent=1)
-    cmdline = "python tools/reid_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmdline = "python tools/reid_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_report(os.path.join(args.results, "report.md"), summary, wall, cmdline)
     print(open(os.path.join(args.results, "report.md")).read())
     return 0
