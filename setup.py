@@ -27,6 +27,7 @@ setup(
         "tqdm",
         "torchreid==0.2.5",
         "gdown",  # torchreid imports it at import time
+        "tensorboard",  # torchreid's Engine.run writes TensorBoard scalars (galw_d2.reid)
         "setuptools<81",  # detectron2 imports pkg_resources
     ],
     extras_require={"test": ["pytest>=7"]},
