@@ -29,25 +29,13 @@ from torchreid.reid.engine import Engine
 from tqdm import tqdm
 
 from galw_d2.galw.recorder import GradientTrendRecorder
-from galw_d2.galw.weighting import FixedWeighting, build_weighting_from_lists
+# _parse_pairs: the 'name=value' list parser of the GALW keys, shared rather than copied
+from galw_d2.galw.weighting import FixedWeighting, _parse_pairs, build_weighting_from_lists
 
 from .config import REID_TASKS
 from .losses import CurriculumTripletLoss, attention_bce_loss, identity_focal_loss
 
 __all__ = ["build_reid_weighting", "build_optimizer", "shared_parameters", "MancsEngine", "write_json"]
-
-
-def _pairs(items: Sequence[str], what: str, cast=str) -> Dict[str, object]:
-    out = {}
-    for it in items:
-        if "=" not in str(it):
-            raise ValueError(f"{what}: entry {it!r} must look like 'loss_name=value'")
-        k, v = str(it).split("=", 1)
-        try:
-            out[k.strip()] = cast(v.strip())
-        except ValueError:
-            raise ValueError(f"{what}: bad value in {it!r}") from None
-    return out
 
 
 def build_reid_weighting(cfg, task_names: Sequence[str] = REID_TASKS) -> nn.Module:
@@ -61,13 +49,13 @@ def build_reid_weighting(cfg, task_names: Sequence[str] = REID_TASKS) -> nn.Modu
     task_names = list(task_names)
     strategy = str(g.STRATEGY).lower()
     if strategy == "fixed":
-        weights = _pairs(g.FIXED_WEIGHTS, "GALW.FIXED_WEIGHTS", float)
+        weights = _parse_pairs(g.FIXED_WEIGHTS, "GALW.FIXED_WEIGHTS", float)
         unknown = sorted(set(weights) - set(task_names))
         if unknown:
             raise ValueError(f"GALW.FIXED_WEIGHTS names {unknown}, not re-id tasks {task_names}")
         return FixedWeighting(weights)
     kinds = {t: str(g.DEFAULT_KIND) for t in task_names}
-    kinds.update(_pairs(g.TASK_KINDS, "GALW.TASK_KINDS"))
+    kinds.update(_parse_pairs(g.TASK_KINDS, "GALW.TASK_KINDS", str))
     groups = [list(x) for x in g.GROUPS] or None
     clamp = tuple(g.LOG_SIGMA_CLAMP) if len(g.LOG_SIGMA_CLAMP) else None
     return build_weighting_from_lists(strategy, task_names, kinds, groups, lam=float(g.LAMBDA),
