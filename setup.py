@@ -29,6 +29,7 @@ setup(
         "tqdm",
         "torchreid==0.2.5",
         "gdown",  # torchreid imports it at import time
+        "tensorboard",  # torchreid's Engine.run writes TensorBoard scalars (galw_d2.reid)
         "setuptools<81",  # detectron2 imports pkg_resources
         # gradient-aggregation strategies (upgrad, pcgrad, ...; galw_d2/galw/weighting/aggregation.py);
         # torchjd needs Python >= 3.10, galw_d2 imports it only when such a strategy is built
