@@ -187,3 +187,20 @@ def test_market1501_official_layout_through_build_datamanager(tmp_path):
     assert len(dm.test_loader["market1501"]["gallery"].dataset) == 3  # the junk (-1) crop is dropped
     batch = next(iter(dm.train_loader))
     assert batch["img"].shape == (4, 3, 64, 32)
+
+
+@pytest.mark.parametrize("strategy", ["dwa", "famo", "gradnorm", "upgrad"])
+def test_other_registered_methods_train_mancs_through_config_alone(data_root, tmp_path, strategy):
+    """Any method of galw_d2's weighting registry weights the three Mancs losses (its own backward and
+    after_step hooks run; GradNorm / aggregation get the trunk as their shared parameters)."""
+    if strategy == "upgrad":
+        pytest.importorskip("torchjd")
+    engine = build_engine(_cfg(data_root, tmp_path, "GALW.STRATEGY", strategy, "GALW.DWA.EPOCH_ITERS", "1"),
+                          progress=False)
+    data = next(iter(engine.train_loader))
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    for _ in range(2):
+        out = engine.forward_backward(data)
+        assert list(out) == list(REID_TASKS) and all(np.isfinite(v) for v in out.values())
+    assert type(engine.weighting).__name__.lower().startswith(strategy[:3]) or strategy == "upgrad"
+    assert any(not torch.equal(before[k], v) for k, v in engine.model.state_dict().items())

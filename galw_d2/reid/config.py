@@ -117,6 +117,8 @@ def add_reid_config(cfg: CN) -> CN:
     # strategies weight the unweighted losses (as the detectron2 side, GALW Eq. 4-5).
     _C.GALW.TASKS = list(REID_TASKS)
     _C.GALW.FIXED_WEIGHTS = ["loss_rank=1.0", "loss_cls=1.0", "loss_att=0.2"]
+    # The person-search presets (Table 1) name no re-id task: start from all ones.
+    _C.GALW.FIXED.PRESET = "ones"
     # The shared parameters of the gradient-trend recorder: the trunk's residual stages.
     _C.GALW.RECORD.SHARED_PARAMS = [r"^backbone\.layer[1-4]\."]
     _C.GALW.RECORD.PERIOD = 5

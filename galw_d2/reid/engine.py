@@ -29,8 +29,7 @@ from torchreid.reid.engine import Engine
 from tqdm import tqdm
 
 from galw_d2.galw.recorder import GradientTrendRecorder
-# _parse_pairs: the 'name=value' list parser of the GALW keys, shared rather than copied
-from galw_d2.galw.weighting import FixedWeighting, _parse_pairs, build_weighting_from_lists
+from galw_d2.galw.weighting import build_loss_weighting, parse_name_values
 
 from .config import REID_TASKS
 from .losses import CurriculumTripletLoss, attention_bce_loss, identity_focal_loss
@@ -39,27 +38,16 @@ __all__ = ["build_reid_weighting", "build_optimizer", "shared_parameters", "Manc
 
 
 def build_reid_weighting(cfg, task_names: Sequence[str] = REID_TASKS) -> nn.Module:
-    """The loss weighting of ``cfg.GALW`` for the re-id tasks (the one place it is built).
-
-    fixed: ``FixedWeighting`` with ``GALW.FIXED_WEIGHTS`` (Mancs: 1, 1, 0.2); ulwf / rulwf / galw:
-    ``UncertaintyWeighting`` over ``task_names`` (kinds from ``GALW.TASK_KINDS``, default
-    ``GALW.DEFAULT_KIND``; groups from ``GALW.GROUPS`` for galw).
-    """
-    g = cfg.GALW
+    """The loss weighting ``cfg.GALW.STRATEGY`` names, from galw_d2's weighting registry, over the re-id
+    tasks (the one place it is built): fixed (``GALW.FIXED_WEIGHTS``, Mancs: 1, 1, 0.2), ulwf, rulwf,
+    galw (``GALW.GROUPS``) and every other registered method; kinds from ``GALW.TASK_KINDS`` /
+    ``GALW.DEFAULT_KIND``."""
     task_names = list(task_names)
-    strategy = str(g.STRATEGY).lower()
-    if strategy == "fixed":
-        weights = _parse_pairs(g.FIXED_WEIGHTS, "GALW.FIXED_WEIGHTS", float)
-        unknown = sorted(set(weights) - set(task_names))
+    if str(cfg.GALW.STRATEGY).lower() == "fixed":
+        unknown = sorted(set(parse_name_values(cfg.GALW.FIXED_WEIGHTS, "GALW.FIXED_WEIGHTS", float)) - set(task_names))
         if unknown:
             raise ValueError(f"GALW.FIXED_WEIGHTS names {unknown}, not re-id tasks {task_names}")
-        return FixedWeighting(weights)
-    kinds = {t: str(g.DEFAULT_KIND) for t in task_names}
-    kinds.update(_parse_pairs(g.TASK_KINDS, "GALW.TASK_KINDS", str))
-    groups = [list(x) for x in g.GROUPS] or None
-    clamp = tuple(g.LOG_SIGMA_CLAMP) if len(g.LOG_SIGMA_CLAMP) else None
-    return build_weighting_from_lists(strategy, task_names, kinds, groups, lam=float(g.LAMBDA),
-                                      init_log_sigma=float(g.INIT_LOG_SIGMA), clamp=clamp)
+    return build_loss_weighting(cfg, tasks=task_names)
 
 
 def shared_parameters(model: nn.Module, patterns: Sequence[str]) -> List[tuple]:
@@ -160,12 +148,11 @@ class MancsEngine(Engine):
             self.recorder.probe(losses, it)  # before backward: autograd.grad needs the graph
         total, info = self.weighting(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self.weighting.backward(total, losses)  # total.backward(), or a method's own gradients
         if self.clip_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
-        if hasattr(self.weighting, "clamp_"):
-            self.weighting.clamp_()
+        self.weighting.after_step(losses, it)  # e.g. the log-sigma clamp, DWA / FAMO bookkeeping
         out = {k: float(v.detach()) for k, v in losses.items()}
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(f"non-finite Mancs loss at epoch {self.epoch}, batch {self.batch_idx}: {out}")

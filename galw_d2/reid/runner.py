@@ -51,6 +51,9 @@ def build_engine(cfg, progress: bool = True) -> MancsEngine:
     scheduler = None
     if len(cfg.SOLVER.STEPS):
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.SOLVER.STEPS), float(cfg.SOLVER.GAMMA))
+    if getattr(weighting, "needs_shared_parameters", False):  # GradNorm, gradient aggregation
+        patterns = list(weighting.shared_param_patterns) or list(cfg.GALW.RECORD.SHARED_PARAMS)
+        weighting.bind_shared_parameters([p for _, p in shared_parameters(model, patterns)])
     recorder = None
     if cfg.GALW.RECORD.ENABLED:
         from galw_d2.galw.recorder import GradientTrendRecorder

@@ -35,6 +35,9 @@ def dwa_epoch_iters(cfg) -> int:
     # module torch-only otherwise)
     from ...data.catalog import epoch_iters_from_cfg
 
+    if "DATASETS" not in cfg:
+        raise ValueError("DWA needs an epoch length: set GALW.DWA.EPOCH_ITERS (or GALW.RECORD.EPOCH_ITERS); this "
+                         "config has no DATASETS.TRAIN to derive it from")
     return epoch_iters_from_cfg(cfg)
 
 
