@@ -40,6 +40,7 @@ __all__ = [
     "LossWeighting",
     "build_loss_weighting",
     "parse_name_values",
+    "check_groups",
     "weighting_tasks",
     "task_divisors",
 ]
@@ -70,6 +71,24 @@ def parse_name_values(items: Sequence[Any], what: str, cast: Callable[[str], Any
         except ValueError as e:
             raise ValueError(f"{what}: bad value in {str(it)!r}: {e}") from None
     return out
+
+
+def check_groups(tasks: Sequence[str], groups: Sequence[Sequence[str]]) -> None:
+    """``ValueError`` unless ``groups`` partition ``tasks`` (every task in exactly one non-empty group)."""
+    seen: Dict[str, int] = {}
+    for gi, g in enumerate(groups):
+        if len(g) == 0:
+            raise ValueError(f"GALW.GROUPS: group {gi} is empty (groups={[list(x) for x in groups]})")
+        for t in g:
+            if t in seen:
+                raise ValueError(f"GALW.GROUPS: task '{t}' is in group {seen[t]} and group {gi}")
+            seen[t] = gi
+    unknown = [t for t in seen if t not in tasks]
+    if unknown:
+        raise ValueError(f"GALW.GROUPS: unknown task(s) {unknown}; known tasks: {list(tasks)}")
+    missing = [t for t in tasks if t not in seen]
+    if missing:
+        raise ValueError(f"GALW.GROUPS: task(s) {missing} are in no group; every task needs exactly one")
 
 
 def weighting_tasks(cfg, tasks: Optional[Sequence[str]] = None) -> List[str]:

@@ -13,27 +13,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .base import LossWeighting, weighting_tasks
+from .base import LossWeighting, check_groups, weighting_tasks
 
 __all__ = ["SlotWeighting", "slot_args", "check_groups", "require_single_process"]
-
-
-def check_groups(tasks: Sequence[str], groups: Sequence[Sequence[str]]) -> None:
-    """``ValueError`` unless ``groups`` partition ``tasks`` (every task in exactly one non-empty group)."""
-    seen: Dict[str, int] = {}
-    for gi, g in enumerate(groups):
-        if len(g) == 0:
-            raise ValueError(f"GALW.GROUPS: group {gi} is empty (groups={[list(x) for x in groups]})")
-        for t in g:
-            if t in seen:
-                raise ValueError(f"GALW.GROUPS: task '{t}' is in group {seen[t]} and group {gi}")
-            seen[t] = gi
-    unknown = [t for t in seen if t not in tasks]
-    if unknown:
-        raise ValueError(f"GALW.GROUPS: unknown task(s) {unknown}; known tasks: {list(tasks)}")
-    missing = [t for t in tasks if t not in seen]
-    if missing:
-        raise ValueError(f"GALW.GROUPS: task(s) {missing} are in no group; every task needs exactly one")
 
 
 def slot_args(cfg, tasks: Optional[Sequence[str]] = None) -> dict:

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ...tasks import TASK_KIND_K
-from .base import WEIGHTING_REGISTRY, LossWeighting, build_loss_weighting, task_divisors, weighting_tasks
+from .base import (WEIGHTING_REGISTRY, LossWeighting, build_loss_weighting, check_groups, task_divisors,
+                   weighting_tasks)
 
 __all__ = ["UncertaintyWeighting", "ULWF", "RULWF", "GALW", "ULWFGrouped", "build_weighting_from_lists"]
 
@@ -85,23 +86,6 @@ class UncertaintyWeighting(LossWeighting):
         self.set_groups(groups, reset=False)
 
     # ---------------------------------------------------------------- groups
-    @staticmethod
-    def _check_groups(tasks: Sequence[str], groups: Sequence[Sequence[str]]) -> None:
-        seen: Dict[str, int] = {}
-        for gi, g in enumerate(groups):
-            if len(g) == 0:
-                raise ValueError(f"GALW groups: group {gi} is empty (groups={list(map(list, groups))})")
-            for t in g:
-                if t in seen:
-                    raise ValueError(f"GALW groups: task '{t}' is in group {seen[t]} and group {gi}")
-                seen[t] = gi
-        unknown = [t for t in seen if t not in tasks]
-        if unknown:
-            raise ValueError(f"GALW groups: unknown task(s) {unknown}; known tasks: {list(tasks)}")
-        missing = [t for t in tasks if t not in seen]
-        if missing:
-            raise ValueError(f"GALW groups: task(s) {missing} are in no group; every task needs exactly one")
-
     def set_groups(self, groups: Optional[Sequence[Sequence[str]]], reset: bool = True) -> None:
         """Assign tasks to slots (group j -> slot j); ``None`` = one slot per task.
 
@@ -110,7 +94,7 @@ class UncertaintyWeighting(LossWeighting):
         if groups is None:
             groups = [[t] for t in self.tasks]
         groups = [list(g) for g in groups]
-        self._check_groups(self.tasks, groups)
+        check_groups(self.tasks, groups)
         if len(groups) > self.log_sigma.numel():
             raise ValueError(f"GALW groups: {len(groups)} groups but only {self.log_sigma.numel()} slots")
         assign = torch.zeros(len(self.tasks), dtype=torch.int64)
