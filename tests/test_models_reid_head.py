@@ -24,7 +24,7 @@ from galw_d2.modeling.reid_head import ReIDHead, loim_scores
 from galw_d2.utils.state import apply_pending_updates
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_models_meta_arch import NAMES, one_step, tiny_cfg, train_batch  # noqa: E402
+from test_models_meta_arch import NAMES, one_step, tiny_cfg, train_batch
 
 HEADS = ["oim", "protonorm", "loim", "oimnet++"]
 

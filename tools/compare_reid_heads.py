@@ -27,8 +27,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from galw_d2.modeling.reid_head import REID_HEAD_REGISTRY  # noqa: E402
-from galw_d2.pipeline import PipelineSettings, _search, _trainer, build_cfg, evaluate_model, prepare_dataset  # noqa: E402
+from galw_d2.modeling.reid_head import REID_HEAD_REGISTRY
+from galw_d2.pipeline import PipelineSettings, _search, _trainer, build_cfg, evaluate_model, prepare_dataset
 
 CONFIGS = {"nae": "configs/synthps/nae_R18_tiny_synthps.yaml",
            "roi_alignps": "configs/synthps/roi_alignps_R18_tiny_synthps.yaml"}
@@ -115,30 +115,35 @@ def summarise(args, runs, wall_s: float) -> dict:
             "command": "OMP_NUM_THREADS=1 python tools/compare_reid_heads.py " + " ".join(sys.argv[1:])}
 
 
+def _ms(d) -> str:
+    return f"{d['mean']:.2f} +- {d['std']:.2f}" if d else "-"
+
+
 def write_report(sm: dict, path: str) -> None:
     seeds = sm["seeds"]
     lines = [f"# NAE re-id heads on SynthPS ({sm['arch']}, {sm['iters']} iterations, seeds {seeds})", "",
-             f"Command: `{sm['command']}`  ", f"Config: `{sm['config']}`, dataset {sm['dataset']} (small preset), "
-             f"GALW.STRATEGY fixed, det_thresh {sm['det_thresh']}, gallery {sm['gallery_size']}.  ",
-             f"Wall time of all runs (train + eval): {sm['wall_s_all_runs'] / 60:.1f} min "
-             f"({sm['machine']['torch_threads']} torch thread(s)).", "",
-             "Search mAP / top-1 (%), per seed and mean +- std (sample std over seeds); paired difference to "
-             "`oim` on the same seed (same initial weights, same data order).", "",
-             "| head | " + " | ".join(f"seed {s} mAP / top-1" for s in seeds) + " | mAP mean +- std | top-1 mean +- std "
-             "| d mAP vs oim | d top-1 vs oim | s/iter |",
+             f"Command: `{sm['command']}`  ",
+             (f"Config: `{sm['config']}`, dataset {sm['dataset']} (small preset), "
+              f"GALW.STRATEGY fixed, det_thresh {sm['det_thresh']}, gallery {sm['gallery_size']}.  "),
+             (f"Wall time of all runs (train + eval): {sm['wall_s_all_runs'] / 60:.1f} min "
+              f"({sm['machine']['torch_threads']} torch thread(s)).  "), "",
+             ("Search mAP / top-1 (%), per seed and mean +- std (sample std over seeds); paired difference to "
+              "`oim` on the same seed (same initial weights, same data order)."), "",
+             ("| head | " + " | ".join(f"seed {s} mAP / top-1" for s in seeds)
+              + " | mAP mean +- std | top-1 mean +- std | d mAP vs oim | d top-1 vs oim | s/iter |"),
              "|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
     for h, e in sm["heads"].items():
         cells = []
         for s in seeds:
             r = e["per_seed"].get(str(s))
             cells.append(f"{100 * r['mAP']:.2f} / {100 * r['top1']:.2f}" if r else "-")
-        ms = lambda d: f"{d['mean']:.2f} +- {d['std']:.2f}" if d else "-"  # noqa: E731
         dm = e.get("diff_mAP_vs_oim")
         dt = e.get("diff_top1_vs_oim")
         spi = e["s_per_iter"]
-        lines.append(f"| {h} | " + " | ".join(cells) + f" | {ms(e['mAP'])} | {ms(e['top1'])} | "
-                     f"{ms(dm) if dm else '(ref)'} | {ms(dt) if dt else '(ref)'} | "
-                     f"{sum(spi) / len(spi):.2f} |" if spi else " |")
+        ref = "(ref)" if h == "oim" else "-"
+        spi_s = f"{sum(spi) / len(spi):.2f}" if spi else "-"
+        lines.append(f"| {h} | " + " | ".join(cells) + f" | {_ms(e['mAP'])} | {_ms(e['top1'])} | "
+                     f"{_ms(dm) if dm else ref} | {_ms(dt) if dt else ref} | {spi_s} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -159,7 +164,8 @@ def main(argv=None):
             with open(os.path.join(args.output, "summary.json"), "w") as f:
                 json.dump(sm, f, indent=2)
             write_report(sm, os.path.join(args.output, "report.md"))
-    print(open(os.path.join(args.output, "report.md")).read())
+    with open(os.path.join(args.output, "report.md")) as f:
+        print(f.read())
 
 
 if __name__ == "__main__":

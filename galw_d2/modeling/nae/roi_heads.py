@@ -47,7 +47,7 @@ class NAEROIHeads(Res5ROIHeads):
     def __init__(self, *, embedding: NormAwareEmbedding, memory: OIMMemory, oim_scale: float,
                  box2box_transform: Box2BoxTransform, test_score_thresh: float, test_nms_thresh: float,
                  test_detections_per_img: int, res4_channels: int, res5_name: str = "res5",
-                 reid_head: ReIDHead = ReIDHead("oim"), **kwargs):
+                 reid_head: Optional[ReIDHead] = None, **kwargs):
         """
         Args:
             embedding: the norm-aware embedding head (inputs "res4", "res5").
@@ -59,7 +59,8 @@ class NAEROIHeads(Res5ROIHeads):
             res5_name: attribute name of the per-RoI res5 block. "res5" (detectron2's C4 convention) lets an
                 ImageNet checkpoint's ``res5.*`` load into it; when the backbone has its own res5 (ROI-AlignPS)
                 that name would match both, so it is "head_res5" there (see ``ROIAlignPS``).
-            reid_head: the re-id head choice (its ``norm_layer`` must be the one ``embedding`` was built with).
+            reid_head: the re-id head choice (its ``norm_layer`` must be the one ``embedding`` was built
+                with); None = plain OIM.
             kwargs: :class:`Res5ROIHeads` arguments (in_features, pooler, res5, box_predictor) and
                 :class:`ROIHeads` sampling arguments.
         """
@@ -73,6 +74,7 @@ class NAEROIHeads(Res5ROIHeads):
         self.test_detections_per_img = test_detections_per_img
         self.res4_channels = res4_channels
         self.res5_name = res5_name
+        reid_head = reid_head if reid_head is not None else ReIDHead("oim")
         self.reid_head = reid_head
         if reid_head.protonorm != embedding.uses_protonorm:
             raise ValueError(f"NAEROIHeads: re-id head {reid_head.name!r} (protonorm={reid_head.protonorm}) does not "
