@@ -32,7 +32,14 @@ from galw_d2.pipeline import PipelineSettings, _search, _trainer, build_cfg, eva
 
 CONFIGS = {"nae": "configs/synthps/nae_R18_tiny_synthps.yaml",
            "roi_alignps": "configs/synthps/roi_alignps_R18_tiny_synthps.yaml"}
-METRICS = ("mAP", "top1")
+METRICS = ("mAP", "top1", "det_AP", "det_recall")  # search mAP / top-1, detection AP / recall (all in %)
+
+
+def _flat(r: dict) -> dict:
+    """The METRICS of one run's result, as fractions."""
+    det = r.get("detection") or {}
+    return {"mAP": r["search"]["mAP"], "top1": r["search"]["top1"], "det_AP": det.get("AP", float("nan")),
+            "det_recall": det.get("recall", float("nan"))}
 
 
 def parse_args(argv=None):
@@ -93,12 +100,12 @@ def summarise(args, runs, wall_s: float) -> dict:
     heads = {}
     for h in args.heads:
         rows = [by[(h, s)] for s in args.seeds if (h, s) in by]
-        entry = {"per_seed": {str(r["seed"]): r["search"] for r in rows}}
+        entry = {"per_seed": {str(r["seed"]): _flat(r) for r in rows}}
         for k in METRICS:
-            vals = [100 * r["search"][k] for r in rows]
+            vals = [100 * _flat(r)[k] for r in rows]
             entry[k] = dict(zip(("mean", "std"), mean_std(vals))) if vals else None
             if h != "oim":
-                d = [100 * (by[(h, s)]["search"][k] - by[("oim", s)]["search"][k]) for s in args.seeds
+                d = [100 * (_flat(by[(h, s)])[k] - _flat(by[("oim", s)])[k]) for s in args.seeds
                      if (h, s) in by and ("oim", s) in by]
                 entry[f"diff_{k}_vs_oim"] = {"per_seed": d, **dict(zip(("mean", "std"), mean_std(d)))} if d else None
         entry["train_s"] = [r["train_s"] for r in rows]
@@ -127,11 +134,13 @@ def write_report(sm: dict, path: str) -> None:
               f"GALW.STRATEGY fixed, det_thresh {sm['det_thresh']}, gallery {sm['gallery_size']}.  "),
              (f"Wall time of all runs (train + eval): {sm['wall_s_all_runs'] / 60:.1f} min "
               f"({sm['machine']['torch_threads']} torch thread(s)).  "), "",
-             ("Search mAP / top-1 (%), per seed and mean +- std (sample std over seeds); paired difference to "
-              "`oim` on the same seed (same initial weights, same data order)."), "",
+             ("Search mAP / top-1 (%), per seed and mean +- std (sample std over seeds); paired differences to "
+              "`oim` on the same seed (same initial weights, same data order), mean +- std over seeds; detection "
+              "AP (%) at the same det_thresh."), "",
              ("| head | " + " | ".join(f"seed {s} mAP / top-1" for s in seeds)
-              + " | mAP mean +- std | top-1 mean +- std | d mAP vs oim | d top-1 vs oim | s/iter |"),
-             "|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
+              + " | mAP mean +- std | top-1 mean +- std | d mAP vs oim | d top-1 vs oim | det AP | d det AP vs oim"
+              " | s/iter |"),
+             "|---|" + "---|" * len(seeds) + "---|---|---|---|---|---|---|"]
     for h, e in sm["heads"].items():
         cells = []
         for s in seeds:
@@ -139,11 +148,13 @@ def write_report(sm: dict, path: str) -> None:
             cells.append(f"{100 * r['mAP']:.2f} / {100 * r['top1']:.2f}" if r else "-")
         dm = e.get("diff_mAP_vs_oim")
         dt = e.get("diff_top1_vs_oim")
+        dd = e.get("diff_det_AP_vs_oim")
         spi = e["s_per_iter"]
         ref = "(ref)" if h == "oim" else "-"
         spi_s = f"{sum(spi) / len(spi):.2f}" if spi else "-"
         lines.append(f"| {h} | " + " | ".join(cells) + f" | {_ms(e['mAP'])} | {_ms(e['top1'])} | "
-                     f"{_ms(dm) if dm else ref} | {_ms(dt) if dt else ref} | {spi_s} |")
+                     f"{_ms(dm) if dm else ref} | {_ms(dt) if dt else ref} | {_ms(e['det_AP'])} | "
+                     f"{_ms(dd) if dd else ref} | {spi_s} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
