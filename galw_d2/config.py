@@ -67,6 +67,18 @@ def add_nae_config(cfg: CN) -> None:
     _C.MODEL.NAE.OIM_SCALE = 30.0
     _C.MODEL.NAE.OIM_QUEUE_SIZE = 5000
     _C.MODEL.NAE.OIM_MOMENTUM = 0.5
+    # Re-id head of t5 (galw_d2/modeling/reid_head.py, docs/models.md): "oim" (NAE's BatchNorm1d +
+    # OIM), "protonorm" (OIMNet++ ProtoNorm instead of that BatchNorm1d), "loim" (localization-aware
+    # OIM: IoU-driven LUT update and loss weights) or "oimnet++" (both). The loss name stays loss_nae_oim.
+    _C.MODEL.NAE.REID_HEAD = "oim"
+    # ProtoNorm: EMA factor of its running statistics (BatchNorm's 0.1).
+    _C.MODEL.NAE.PROTONORM_MOMENTUM = 0.1
+    # LOIM: s = clamp(IoU with the matched GT, LOIM_MIN_IOU, 1 - LOIM_EPS) per positive RoI; LUT keep factor
+    # 1 - s (OIMNet++ public code: min 0.7, eps 0.1). LOIM_WEIGHT_LOSS: also weight its OIM term by s
+    # (the paper's description; the public code does not).
+    _C.MODEL.NAE.LOIM_MIN_IOU = 0.7
+    _C.MODEL.NAE.LOIM_EPS = 0.1
+    _C.MODEL.NAE.LOIM_WEIGHT_LOSS = True
     # Target stds of the ROI box regression (NAE: 0.1, 0.1, 0.2, 0.2) = detectron2 weights 1/std.
     _C.MODEL.NAE.BBOX_REG_STDS = (0.1, 0.1, 0.2, 0.2)
     # NMS IoU of the NAE-only model's test detections (NAE: 0.4).

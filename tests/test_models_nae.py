@@ -109,7 +109,7 @@ def test_roi_sampling_thresholds_pids_carried_and_losses():
     assert set(losses) == {"loss_roi_box_reg", "loss_nae_det", "loss_nae_oim"}
     assert all(torch.isfinite(v) for v in losses.values())
     # OIM update deferred: 3 fg RoIs of id 2 queued, LUT untouched until apply.
-    pend_f, pend_p = heads.memory._pending[0]
+    pend_f, pend_p, _ = heads.memory._pending[0]
     assert pend_p.tolist() == [2, 2, 2] and torch.equal(heads.memory.lut, torch.zeros_like(heads.memory.lut))
     want = torch.zeros(heads.memory.feat_dim)
     for x in pend_f:  # hand computation of three sequential momentum updates

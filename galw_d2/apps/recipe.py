@@ -124,7 +124,7 @@ def build_cfg(settings: PipelineSettings, data: Dict, output_dir: str, iters: Op
     # The LR schedule scaled to the short run: warm-up ~7% of the run, /10 at 2/3 and 11/12 of it
     # (the paper's 16/24 and 22/24 epochs).
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, iters // 15))
-    cfg.SOLVER.STEPS = tuple(s for s in (int(iters * 2 / 3), int(iters * 11 / 12)) if 0 < s < iters)
+    cfg.SOLVER.STEPS = tuple(sorted({s for s in (int(iters * 2 / 3), int(iters * 11 / 12)) if 0 < s < iters}))
     # A checkpoint every third of the run: an interrupted demo continues with --resume.
     cfg.SOLVER.CHECKPOINT_PERIOD = max(1, iters // 3)
     cfg.TEST.EVAL_PERIOD = 0

@@ -9,6 +9,9 @@ from .alignps import AlignPSBranch
 from .meta_arch import NAE, AlignPS, PersonSearchBase, ROIAlignPS, resolve_num_pids
 from .nae import NAEROIHeads, NormAwareEmbedding
 from .oim import OIMMemory, oim_loss
+from .protonorm import ProtoNorm1d
+from .reid_head import REID_HEAD_REGISTRY, ReIDHead, build_reid_head
 
 __all__ = ["ROIAlignPS", "NAE", "AlignPS", "PersonSearchBase", "AlignPSBranch", "NAEROIHeads",
-           "NormAwareEmbedding", "OIMMemory", "oim_loss", "resolve_num_pids"]
+           "NormAwareEmbedding", "OIMMemory", "oim_loss", "ProtoNorm1d", "REID_HEAD_REGISTRY", "ReIDHead",
+           "build_reid_head", "resolve_num_pids"]

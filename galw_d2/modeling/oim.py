@@ -9,6 +9,11 @@ Updates are deferred (SPEC §1, ``galw_d2.utils.state``): ``forward``-time code 
 step, gathers the pending features of every rank (so every rank's table stays identical) and applies
 them in rank order, sample by sample: ``LUT[y] <- normalise(m * LUT[y] + (1 - m) * x)`` for a labeled
 person, push x into the CQ for an unlabeled one. The LUT and CQ are buffers: saved in checkpoints.
+
+Localization-aware OIM (OIMNet++, Lee et al. 2022, Sec. 3.3) changes two things, both optional
+arguments here: a per-sample keep factor of the LUT update (``1 - s_i`` with s_i from the proposal's
+IoU instead of the fixed m, :meth:`OIMMemory.queue_update`) and per-sample loss weights
+(:func:`oim_loss`).
 """
 from typing import List, Optional
 
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OIMMemory", "oim_loss"]
+__all__ = ["OIMMemory", "oim_loss", "all_gather_objects"]
 
 
 class OIMMemory(nn.Module):
@@ -59,36 +64,47 @@ class OIMMemory(nn.Module):
         return feats @ memory.t()
 
     @torch.no_grad()
-    def queue_update(self, feats: torch.Tensor, pids: torch.Tensor) -> None:
+    def queue_update(self, feats: torch.Tensor, pids: torch.Tensor, keep: Optional[torch.Tensor] = None) -> None:
         """Remember (feats, pids) for the next :meth:`apply_pending_updates`.
 
         Args:
             feats: (N, D) features (detached here).
             pids: (N,) int64; >= 0 labeled identity, -1 unlabeled (pushed to the queue); any other
                 negative value is ignored (e.g. background).
+            keep: optional (N,) keep factors k_i in [0, 1] of the LUT update
+                ``LUT[y] <- normalise(k_i * LUT[y] + (1 - k_i) * x_i)``; None = the momentum m for all
+                (LOIM passes 1 - s_i, s_i from the proposal's IoU).
         """
         if feats.shape[0] != pids.shape[0]:
             raise ValueError(f"queue_update: {feats.shape[0]} features but {pids.shape[0]} pids")
+        if keep is None:
+            keep_f = torch.full((pids.shape[0],), self.momentum, dtype=torch.float64)
+        else:
+            if keep.shape != pids.shape:
+                raise ValueError(f"queue_update: keep factors of shape {tuple(keep.shape)} for {pids.shape[0]} pids")
+            if bool(((keep < 0) | (keep > 1)).any()):
+                raise ValueError(f"queue_update: keep factors must lie in [0, 1], got {keep.min().item()}..{keep.max().item()}")
+            keep_f = keep.detach().double().cpu()
         bad = pids >= self.num_pids
         if bool(bad.any()):
             raise ValueError(f"queue_update: person id {int(pids[bad][0])} >= num_pids={self.num_pids}; "
                              "MODEL.PERSON_SEARCH.NUM_PIDS must match the training set")
-        keep = pids >= -1
-        self._pending.append((feats[keep].detach().float().cpu(), pids[keep].detach().cpu()))
+        sel = (pids >= -1).cpu()
+        self._pending.append((feats.detach().float().cpu()[sel], pids.detach().cpu()[sel], keep_f[sel]))
 
     @torch.no_grad()
     def apply_pending_updates(self) -> None:
         """Apply the queued updates of every rank, in rank order, then clear the queue."""
         if not self._pending:
-            local = (torch.zeros(0, self.feat_dim), torch.zeros(0, dtype=torch.long))
+            local = (torch.zeros(0, self.feat_dim), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64))
         else:
-            local = (torch.cat([f for f, _ in self._pending]), torch.cat([p for _, p in self._pending]))
+            local = tuple(torch.cat([p[i] for p in self._pending]) for i in range(3))
         self._pending = []
-        parts = _all_gather(local)
-        feats = torch.cat([f for f, _ in parts]).to(self.lut.device)
-        pids = torch.cat([p for _, p in parts]).tolist()
-        m = self.momentum
-        for x, y in zip(feats, pids):
+        parts = all_gather_objects(local)
+        feats = torch.cat([p[0] for p in parts]).to(self.lut.device)
+        pids = torch.cat([p[1] for p in parts]).tolist()
+        keeps = torch.cat([p[2] for p in parts]).tolist()
+        for x, y, m in zip(feats, pids, keeps):
             if y >= 0:
                 row = m * self.lut[y] + (1.0 - m) * x
                 self.lut[y] = row / row.norm().clamp_min(1e-12)
@@ -101,7 +117,7 @@ class OIMMemory(nn.Module):
         return bool(self._pending)
 
 
-def _all_gather(obj):
+def all_gather_objects(obj):
     """[obj of rank 0, obj of rank 1, ...] (just [obj] when not distributed)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return [obj]
@@ -113,7 +129,7 @@ def _all_gather(obj):
 
 
 def oim_loss(feats: torch.Tensor, pids: torch.Tensor, memory: OIMMemory, scale: float,
-             focal_gamma: float = 0.0) -> torch.Tensor:
+             focal_gamma: float = 0.0, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """OIM cross-entropy of labeled persons against the memory (optionally focal, AlignPS).
 
     Args:
@@ -122,8 +138,10 @@ def oim_loss(feats: torch.Tensor, pids: torch.Tensor, memory: OIMMemory, scale: 
         memory: the :class:`OIMMemory` (not updated here: call ``queue_update`` separately).
         scale: logit scale (NAE 30, AlignPS 10).
         focal_gamma: 0 = plain cross-entropy; > 0 = ``(1 - p_t)^gamma * CE`` per sample (focal OIM).
+        weights: optional (N,) non-negative per-sample weights (LOIM: from the proposal IoUs); the
+            loss is then the weighted mean sum_i w_i l_i / sum_i w_i over labeled samples.
     Returns:
-        scalar: mean over labeled samples; 0 (still connected to ``feats``) when there is none.
+        scalar: (weighted) mean over labeled samples; 0 (still connected to ``feats``) when there is none.
     """
     labeled = pids >= 0
     if not bool(labeled.any()):
@@ -135,4 +153,9 @@ def oim_loss(feats: torch.Tensor, pids: torch.Tensor, memory: OIMMemory, scale: 
         loss = -((1.0 - logp_t.exp()) ** focal_gamma) * logp_t
     else:
         loss = -logp_t
-    return loss.mean()
+    if weights is None:
+        return loss.mean()
+    if weights.shape != pids.shape:
+        raise ValueError(f"oim_loss: weights of shape {tuple(weights.shape)} for {pids.shape[0]} samples")
+    w = weights[labeled].detach().to(loss.dtype)
+    return (w * loss).sum() / w.sum().clamp_min(1e-12)

@@ -1,9 +1,11 @@
 """Per-RoI heads of the NAE branch: norm-aware embedding and BN box regression (Chen et al. 2020)."""
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..protonorm import ProtoNorm1d
 
 __all__ = ["NormAwareEmbedding", "BNBoxRegressor"]
 
@@ -19,9 +21,12 @@ class NormAwareEmbedding(nn.Module):
     Args:
         in_channels: channels per input, e.g. ``{"res4": 1024, "res5": 2048}`` (order = concatenation order).
         embed_dim: total embedding size D (split evenly; the last part takes the remainder).
+        norm_layer: builds the normalisation after each projector's Linear from its width (NAE:
+            BatchNorm1d; OIMNet++: :class:`ProtoNorm1d`, which needs the RoIs' prototype groups in training).
     """
 
-    def __init__(self, in_channels: Dict[str, int], embed_dim: int = 256):
+    def __init__(self, in_channels: Dict[str, int], embed_dim: int = 256,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm1d):
         super().__init__()
         if embed_dim < len(in_channels):
             raise ValueError(f"NormAwareEmbedding: embed_dim={embed_dim} < {len(in_channels)} inputs")
@@ -33,17 +38,28 @@ class NormAwareEmbedding(nn.Module):
             lin = nn.Linear(in_channels[name], d)
             nn.init.normal_(lin.weight, std=0.01)
             nn.init.zeros_(lin.bias)
-            self.projectors[name] = nn.Sequential(lin, nn.BatchNorm1d(d))
+            self.projectors[name] = nn.Sequential(lin, norm_layer(d))
         self.rescaler = nn.BatchNorm1d(1)
         self.embed_dim = embed_dim
 
-    def forward(self, feats: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def uses_protonorm(self) -> bool:
+        return any(isinstance(p[1], ProtoNorm1d) for p in self.projectors.values())
+
+    def _project(self, name: str, x: torch.Tensor, groups: Optional[torch.Tensor]) -> torch.Tensor:
+        lin, norm = self.projectors[name]
+        x = lin(x)
+        return norm(x, groups) if isinstance(norm, ProtoNorm1d) else norm(x)
+
+    def forward(self, feats: Dict[str, torch.Tensor], groups: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Args:
             feats: name -> (R, C) pooled features.
+            groups: (R,) prototype ids of the RoIs (``prototype_groups``); needed in training with ProtoNorm.
         Returns:
             embeddings (R, D) L2-normalised, logits (R,) fg/bg logit from the norm.
         """
-        x = torch.cat([self.projectors[n](feats[n]) for n in self.names], dim=1)
+        x = torch.cat([self._project(n, feats[n], groups) for n in self.names], dim=1)
         norms = x.norm(dim=1, keepdim=True)
         emb = x / norms.clamp_min(1e-12)
         return emb, self.rescaler(norms).squeeze(1)

@@ -12,10 +12,14 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
 from torchvision.ops import batched_nms
 
 from ..backbone import build_res5_head
-from ..oim import OIMMemory, oim_loss
+from ...utils.state import apply_pending_updates
+from ..oim import OIMMemory
+from ..protonorm import BACKGROUND_PID, UNLABELED_PID, prototype_groups
+from ..reid_head import ReIDHead, build_reid_head
 from .heads import BNBoxRegressor, NormAwareEmbedding, max_pool_flat
 
 __all__ = ["NAEROIHeads"]
@@ -34,13 +38,16 @@ class NAEROIHeads(Res5ROIHeads):
     res4 map and the res5 vector feed :class:`NormAwareEmbedding`, the res5 vector feeds
     :class:`BNBoxRegressor`. Raw losses: ``loss_roi_box_reg`` (L1 on fg deltas, summed, divided by
     the number of sampled RoIs), ``loss_nae_det`` (BCE of the norm logit, mean), ``loss_nae_oim``
-    (OIM over labeled fg RoIs; fg RoIs of unlabeled persons are pushed to the queue).
+    (OIM over labeled fg RoIs; fg RoIs of unlabeled persons are pushed to the queue). The re-id head
+    (``MODEL.NAE.REID_HEAD``, :mod:`galw_d2.modeling.reid_head`) chooses BatchNorm1d or ProtoNorm in the
+    embedding projectors and plain or localization-aware OIM for ``loss_nae_oim``.
     """
 
     @configurable
     def __init__(self, *, embedding: NormAwareEmbedding, memory: OIMMemory, oim_scale: float,
                  box2box_transform: Box2BoxTransform, test_score_thresh: float, test_nms_thresh: float,
-                 test_detections_per_img: int, res4_channels: int, res5_name: str = "res5", **kwargs):
+                 test_detections_per_img: int, res4_channels: int, res5_name: str = "res5",
+                 reid_head: Optional[ReIDHead] = None, **kwargs):
         """
         Args:
             embedding: the norm-aware embedding head (inputs "res4", "res5").
@@ -52,6 +59,8 @@ class NAEROIHeads(Res5ROIHeads):
             res5_name: attribute name of the per-RoI res5 block. "res5" (detectron2's C4 convention) lets an
                 ImageNet checkpoint's ``res5.*`` load into it; when the backbone has its own res5 (ROI-AlignPS)
                 that name would match both, so it is "head_res5" there (see ``ROIAlignPS``).
+            reid_head: the re-id head choice (its ``norm_layer`` must be the one ``embedding`` was built
+                with); None = plain OIM.
             kwargs: :class:`Res5ROIHeads` arguments (in_features, pooler, res5, box_predictor) and
                 :class:`ROIHeads` sampling arguments.
         """
@@ -65,6 +74,11 @@ class NAEROIHeads(Res5ROIHeads):
         self.test_detections_per_img = test_detections_per_img
         self.res4_channels = res4_channels
         self.res5_name = res5_name
+        reid_head = reid_head if reid_head is not None else ReIDHead("oim")
+        self.reid_head = reid_head
+        if reid_head.protonorm != embedding.uses_protonorm:
+            raise ValueError(f"NAEROIHeads: re-id head {reid_head.name!r} (protonorm={reid_head.protonorm}) does not "
+                             f"match the embedding's normalisation (protonorm={embedding.uses_protonorm})")
         if res5_name != "res5":
             block = self.res5
             del self.res5
@@ -89,7 +103,9 @@ class NAEROIHeads(Res5ROIHeads):
         ret["res5"], c5 = build_res5_head(cfg, c4.channels)
         ret["box_predictor"] = BNBoxRegressor(c5)
         nae = cfg.MODEL.NAE
-        ret["embedding"] = NormAwareEmbedding({"res4": c4.channels, "res5": c5}, nae.EMBED_DIM)
+        ret["reid_head"] = build_reid_head(cfg)
+        ret["embedding"] = NormAwareEmbedding({"res4": c4.channels, "res5": c5}, nae.EMBED_DIM,
+                                              norm_layer=ret["reid_head"].norm_layer)
         num_pids = int(cfg.MODEL.PERSON_SEARCH.NUM_PIDS)
         if num_pids <= 0:
             raise ValueError(f"MODEL.PERSON_SEARCH.NUM_PIDS must be > 0 when the NAE ROI heads are built "
@@ -114,14 +130,15 @@ class NAEROIHeads(Res5ROIHeads):
         return getattr(self, self.res5_name)
 
     # ------------------------------------------------------------------ per-RoI computation
-    def roi_outputs(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
-        """RoIAlign on C4 -> res5 -> pooled; embeddings (R, D), fg logits (R,), deltas (R, 4), R = sum of boxes."""
+    def roi_outputs(self, features: Dict[str, torch.Tensor], boxes: List[Boxes], groups: Optional[torch.Tensor] = None):
+        """RoIAlign on C4 -> res5 -> pooled; embeddings (R, D), fg logits (R,), deltas (R, 4), R = sum of boxes.
+        ``groups`` (R,): ProtoNorm prototype ids of the RoIs (training with ProtoNorm only)."""
         x = self.pooler([features[f] for f in self.in_features], boxes)
         if x.shape[0] == 0:
             z = x.new_zeros((0,))
             return x.new_zeros((0, self.embedding.embed_dim)), z, x.new_zeros((0, 4))
         f5 = max_pool_flat(self.res5_block(x))
-        emb, logits = self.embedding({"res4": max_pool_flat(x), "res5": f5})
+        emb, logits = self.embedding({"res4": max_pool_flat(x), "res5": f5}, groups)
         return emb, logits, self.box_predictor(f5)
 
     @torch.no_grad()
@@ -143,17 +160,44 @@ class NAEROIHeads(Res5ROIHeads):
         if self.training:
             if targets is None:
                 raise ValueError("NAEROIHeads: targets are required in training")
-            if self.memory.has_pending():
-                self.memory.apply_pending_updates()
+            if self._has_pending():
+                # Stand-alone use: the trainer applies them after each optimizer step.
+                apply_pending_updates(self)
             proposals = self.label_and_sample_proposals(proposals, targets)
-            out = self.roi_outputs(features, [p.proposal_boxes for p in proposals])
-            return proposals, self.losses(out, proposals)
+            pids = self.roi_pids(proposals)
+            # ProtoNorm: a fg RoI without identity information (-2 on a fg RoI: image without gt_pids)
+            # is a prototype of its own, like an unlabeled person.
+            fg_no_id = (pids == BACKGROUND_PID) & self._fg_mask(proposals)
+            groups = (prototype_groups(torch.where(fg_no_id, torch.full_like(pids, UNLABELED_PID), pids))
+                      if self.reid_head.protonorm else None)
+            out = self.roi_outputs(features, [p.proposal_boxes for p in proposals], groups)
+            return proposals, self.losses(out, proposals, pids)
         return self.inference(features, proposals), {}
 
-    def losses(self, out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], proposals: List[Instances]):
+    def _has_pending(self) -> bool:
+        return any(m.has_pending() for m in self.modules() if m is not self and callable(getattr(m, "has_pending", None)))
+
+    def _fg_mask(self, proposals: List[Instances]) -> torch.Tensor:
+        gt_classes = cat([p.gt_classes for p in proposals])
+        return (gt_classes >= 0) & (gt_classes < self.num_classes)
+
+    def roi_pids(self, proposals: List[Instances]) -> torch.Tensor:
+        """Identity code of every sampled RoI: (R,) int64, >= 0 labeled, -1 unlabeled person, -2 background
+        or a fg RoI of an image without ``gt_pids`` (neither a target nor queued)."""
+        gt_classes = cat([p.gt_classes for p in proposals])
+        fg = self._fg_mask(proposals)
+        pids = torch.cat([p.gt_pids.long().to(gt_classes.device) if p.has("gt_pids")
+                          else torch.full((len(p),), BACKGROUND_PID, dtype=torch.long, device=gt_classes.device)
+                          for p in proposals])
+        return torch.where(fg, pids, torch.full_like(pids, BACKGROUND_PID))
+
+    def losses(self, out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], proposals: List[Instances],
+               pids: Optional[torch.Tensor] = None):
         emb, logits, deltas = out
         gt_classes = cat([p.gt_classes for p in proposals])
         fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        if pids is None:
+            pids = self.roi_pids(proposals)
         loss_det = F.binary_cross_entropy_with_logits(logits, fg.to(logits.dtype))
         fg_idx = nonzero_tuple(fg)[0]
         if fg_idx.numel() > 0:
@@ -162,15 +206,14 @@ class NAEROIHeads(Res5ROIHeads):
             gts = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])[fg_idx]
             targets = self.box2box_transform.get_deltas(props, gts)
             loss_box = F.l1_loss(deltas[fg_idx], targets, reduction="sum") / max(gt_classes.numel(), 1)
+            # LOIM: IoU of each positive with its matched GT (= its max IoU over the GT, as matched).
+            ious = matched_pairwise_iou(Boxes(props), Boxes(gts)) if self.reid_head.loim else None
         else:
             loss_box = deltas.sum() * 0.0
-        pids = torch.cat([p.gt_pids.long() if p.has("gt_pids") else torch.full((len(p),), -2, dtype=torch.long,
-                                                                               device=gt_classes.device)
-                          for p in proposals]).to(gt_classes.device)
-        pids = torch.where(fg, pids, torch.full_like(pids, -2))  # background RoIs: no id, not queued
-        loss_oim = oim_loss(emb, pids, self.memory, self.oim_scale)
-        # Table/queue update after the optimizer step, never inside backward (SPEC §1).
-        self.memory.queue_update(emb[fg_idx].detach(), pids[fg_idx])
+            ious = emb.new_zeros(0)
+        # OIM over the fg RoIs (background RoIs: no id, not queued); the table/queue update is queued
+        # for after the optimizer step, never inside backward (SPEC §1).
+        loss_oim = self.reid_head.loss_and_queue(emb[fg_idx], pids[fg_idx], ious, self.memory, self.oim_scale)
         return {"loss_roi_box_reg": loss_box, "loss_nae_det": loss_det, "loss_nae_oim": loss_oim}
 
     @torch.no_grad()
