@@ -5,6 +5,7 @@
 components (datasets, models) register when :func:`add_galw_config` is called -- every entry point
 calls it before building a model -- or when ``galw_d2.data`` / ``galw_d2.modeling`` is imported.
 """
+
 __version__ = "0.1.0"
 __all__ = ["add_galw_config", "__version__"]
 

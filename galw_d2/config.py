@@ -4,8 +4,8 @@ Each part of the plugin owns one small ``add_*_config`` function; ``add_galw_con
 Every key has a comment; defaults are the paper's settings (SPEC §3, Sec. 4.2) unless stated.
 Keys added here exist in detectron2 v0.6 and upstream main alike (no version-specific keys).
 """
-from detectron2.config import CfgNode as CN
 
+from detectron2.config import CfgNode as CN
 
 __all__ = [
     "add_galw_config",

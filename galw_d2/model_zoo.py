@@ -4,6 +4,7 @@ The YAML files live in the repository's ``configs/``; the package reaches them a
 (a link in the source tree, package data in a built wheel), so they are found through the installed
 package wherever it is, never relative to a script's location.
 """
+
 import os
 from importlib import resources
 
@@ -20,7 +21,7 @@ def get_config_file(name: str) -> str:
     exists is returned as is. Raises ``FileNotFoundError`` naming the folder searched."""
     if os.path.isfile(name):
         return os.path.abspath(name)
-    rel = name[len("configs/"):] if name.startswith("configs/") else name
+    rel = name[len("configs/") :] if name.startswith("configs/") else name
     path = os.path.join(configs_root(), rel)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config '{name}' is neither a file nor a packaged config under {configs_root()}")

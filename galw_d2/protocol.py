@@ -12,6 +12,7 @@ Gallery of a query (``SearchProtocol.rule``):
   * ``"other_cameras"``: like ``all_but_query`` restricted to ``camera != query.camera`` (PRW
     cross-camera).
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 

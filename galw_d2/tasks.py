@@ -9,11 +9,21 @@ classification-like task is divided by k=1 * sigma^2, a regression loss by k=2 *
 The triplet loss (t10) is a ranking loss on embeddings; we treat it as classification-like (k=1),
 as its value is not a likelihood of continuous targets under Gaussian noise.
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
-__all__ = ["Task", "TASKS", "TASKS_BY_NAME", "task_by_index", "task_kind", "tasks_of_branch", "TASK_KIND_K",
-           "FIXED_WEIGHT_PRESETS", "fixed_weight_preset"]
+__all__ = [
+    "Task",
+    "TASKS",
+    "TASKS_BY_NAME",
+    "task_by_index",
+    "task_kind",
+    "tasks_of_branch",
+    "TASK_KIND_K",
+    "FIXED_WEIGHT_PRESETS",
+    "fixed_weight_preset",
+]
 
 # Divisor k of Eq. 5 per kind.
 TASK_KIND_K = {"cls": 1.0, "reg": 2.0}

@@ -1,11 +1,9 @@
 """A toy two/three-task detectron2 model and trainer for the GALW tests (not a test module)."""
-import itertools
 
 import torch
-from torch import nn
-
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY
+from torch import nn
 
 from galw_d2 import add_galw_config
 from galw_d2.engine import GALWTrainer
@@ -54,8 +52,10 @@ if "GALWToyNet" not in META_ARCH_REGISTRY._obj_map:
             h = torch.relu(self.backbone.res3(torch.relu(self.backbone.res2(x))))
             if not self.training:
                 return [{"pred": self.head_a(h)}]
-            out = {"loss_a": nn.functional.binary_cross_entropy_with_logits(self.head_a(h).squeeze(1), (y > 0).float()),
-                   "loss_b": ((self.head_b(h).squeeze(1) - y) ** 2).mean()}
+            out = {
+                "loss_a": nn.functional.binary_cross_entropy_with_logits(self.head_a(h).squeeze(1), (y > 0).float()),
+                "loss_b": ((self.head_b(h).squeeze(1) - y) ** 2).mean(),
+            }
             if self.three:
                 out["loss_c"] = self.state(h)
             return out

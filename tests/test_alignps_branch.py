@@ -1,4 +1,5 @@
 """AlignPSBranch end to end on CPU with a tiny config (narrow channels, 160x224 inputs)."""
+
 import time
 
 import pytest
@@ -13,8 +14,11 @@ from galw_d2.modeling.alignps import AlignPSBranch
 from galw_d2.modeling.alignps.deform_conv import DeformConv
 
 LOSS_NAMES = {"loss_fcos_cls", "loss_fcos_giou", "loss_fcos_ctr", "loss_fcos_oim", "loss_triplet"}
-SHAPE = {"res3": ShapeSpec(channels=32, stride=8), "res4": ShapeSpec(channels=64, stride=16),
-         "res5": ShapeSpec(channels=128, stride=32)}
+SHAPE = {
+    "res3": ShapeSpec(channels=32, stride=8),
+    "res4": ShapeSpec(channels=64, stride=16),
+    "res5": ShapeSpec(channels=128, stride=32),
+}
 H, W = 160, 224
 
 
@@ -43,8 +47,10 @@ def gt(boxes, pids, hw=(H, W)):
 
 IMAGES = ImageList(torch.zeros(2, 3, H, W), [(H, W), (150, 200)])
 # Image 0: a labeled person (id 0) and an unlabeled one; image 1 (smaller, padded): ids 0 and 3.
-GTS = [gt([[20, 20, 80, 150], [100, 30, 150, 140]], [0, -1]),
-       gt([[10, 10, 60, 120], [120, 20, 190, 140]], [0, 3], (150, 200))]
+GTS = [
+    gt([[20, 20, 80, 150], [100, 30, 150, 140]], [0, -1]),
+    gt([[10, 10, 60, 120], [120, 20, 190, 140]], [0, 3], (150, 200)),
+]
 
 
 @pytest.fixture(scope="module")

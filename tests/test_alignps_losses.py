@@ -1,4 +1,5 @@
 """AlignPS pure-torch parts against hand computations: triplet, focal-OIM, FCOS targets, DeformConv."""
+
 import math
 
 import pytest
@@ -89,8 +90,12 @@ def test_locations_row_major():
 def test_fcos_targets_hand_case():
     # 4 x 6 map, stride 8: points x in {4,12,...,44}, y in {4,12,20,28}; index = row * 6 + col.
     pts = locations(4, 6, 8)
-    gt = torch.tensor([[0.0, 0.0, 40.0, 32.0],  # GT0, area 1280, centre (20,16): region [8,4,32,28]
-                       [16.0, 8.0, 32.0, 24.0]])  # GT1, area 256, centre (24,16): region [12,4,36,28]
+    gt = torch.tensor(
+        [
+            [0.0, 0.0, 40.0, 32.0],  # GT0, area 1280, centre (20,16): region [8,4,32,28]
+            [16.0, 8.0, 32.0, 24.0],
+        ]
+    )  # GT1, area 256, centre (24,16): region [12,4,36,28]
     #                                               clipped to the box: [16,8,32,24]
     matched, reg = fcos_targets(pts, gt, stride=8, radius=1.5)
     idx = lambda x, y: (y // 8) * 6 + x // 8  # noqa: E731

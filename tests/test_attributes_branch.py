@@ -1,10 +1,10 @@
 """The ALM attribute branch (t11) of the person-search model: which RoIs it uses, its loss, and a
 training step of ROI-AlignPS* with t11 (11 named tasks)."""
+
 import os
 
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -29,20 +29,26 @@ def _branch(**kw):
 
 def _features(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"res3": torch.randn(2, 8, 12, 16, generator=g, requires_grad=True),
-            "res4": torch.randn(2, 12, 6, 8, generator=g, requires_grad=True)}
+    return {
+        "res3": torch.randn(2, 8, 12, 16, generator=g, requires_grad=True),
+        "res4": torch.randn(2, 12, 6, 8, generator=g, requires_grad=True),
+    }
 
 
 def _proposals(with_attr=(True, True)):
     out = []
     for i in range(2):
         p = Instances((96, 128))
-        p.proposal_boxes = Boxes(torch.tensor([[10.0, 5.0, 40.0, 90.0], [50.0, 10.0, 90.0, 80.0],
-                                               [0.0, 0.0, 20.0, 20.0], [60.0, 20.0, 120.0, 95.0]]))
+        p.proposal_boxes = Boxes(
+            torch.tensor(
+                [[10.0, 5.0, 40.0, 90.0], [50.0, 10.0, 90.0, 80.0], [0.0, 0.0, 20.0, 20.0], [60.0, 20.0, 120.0, 95.0]]
+            )
+        )
         p.gt_classes = torch.tensor([0, 0, 1, 0])  # third = background
         if with_attr[i]:
-            p.gt_attributes = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0],
-                                            [-1.0, -1.0, -1.0]])  # last: matched GT without labels
+            p.gt_attributes = torch.tensor(
+                [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]
+            )  # last: matched GT without labels
         out.append(p)
     return out
 
@@ -70,8 +76,9 @@ def test_images_without_attributes_and_no_valid_roi():
     feats = _features()
     half = br(feats, _proposals((True, False)))["loss_attr"]
     props = _proposals((True, False))
-    expect = multi_level_bce(br.level_logits(feats, [props[0].proposal_boxes.tensor[:2], torch.zeros(0, 4)]),
-                             props[0].gt_attributes[:2])
+    expect = multi_level_bce(
+        br.level_logits(feats, [props[0].proposal_boxes.tensor[:2], torch.zeros(0, 4)]), props[0].gt_attributes[:2]
+    )
     torch.testing.assert_close(half, expect)
     bg = _proposals()
     for p in bg:
@@ -120,8 +127,14 @@ def test_roi_alignps_with_t11_trains_a_step_with_11_named_tasks():
         inst.gt_classes = torch.zeros(2, dtype=torch.long)
         inst.gt_pids = torch.tensor([0, 2 + i])
         inst.gt_attributes = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
-        batch.append({"image": torch.randint(0, 255, (3, H, W), generator=g, dtype=torch.uint8), "instances": inst,
-                      "height": H, "width": W})
+        batch.append(
+            {
+                "image": torch.randint(0, 255, (3, H, W), generator=g, dtype=torch.uint8),
+                "instances": inst,
+                "height": H,
+                "width": W,
+            }
+        )
     model.train()
     with EventStorage(0):
         losses = model(batch)

@@ -1,5 +1,6 @@
 """Random, truncated or edited attribute-recognizer checkpoints give an error naming the file and what
 is wrong, not a raw unpickling / load_state_dict traceback."""
+
 import pytest
 import torch
 
@@ -48,8 +49,11 @@ def test_random_empty_and_truncated_files(ckpt, tmp_path):
 
 def test_edited_checkpoints(ckpt, tmp_path):
     p = _edit(ckpt, tmp_path, lambda o: o["config"].update(num_attributes=5))
-    with pytest.raises(ValueError, match=r"edited\.pth: the weights do not match its 'config'.*"
-                                         r"tensors of another shape"):
+    with pytest.raises(
+        ValueError,
+        match=r"edited\.pth: the weights do not match its 'config'.*"
+        r"tensors of another shape",
+    ):
         load_recognizer(p)
     p = _edit(ckpt, tmp_path, lambda o: o.update(attribute_names=["male"]))
     with pytest.raises(ValueError, match=r"edited\.pth: 'attribute_names' has 1 names but the model has 2"):
@@ -67,6 +71,7 @@ def test_edited_checkpoints(ckpt, tmp_path):
     def nan(o):
         k = next(iter(o["model"]))
         o["model"][k] = torch.full_like(o["model"][k], float("nan"))
+
     p = _edit(ckpt, tmp_path, nan)
     with pytest.raises(ValueError, match=r"edited\.pth: tensor '.*' has NaN/inf"):
         load_recognizer(p)

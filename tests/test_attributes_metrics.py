@@ -1,4 +1,5 @@
 """Attribute metrics, losses and the ALM module against hand-computed values."""
+
 import math
 
 import numpy as np
@@ -10,14 +11,8 @@ from galw_d2.attributes.alm import ALM, MultiLevelALM, combine_levels
 from galw_d2.attributes.losses import alm_bce_weights, attribute_bce, multi_level_bce, positive_ratio
 from galw_d2.attributes.metrics import attribute_metrics, instance_based_metrics, label_based_metrics
 
-GT = np.array([[1, 0, 1, 0],
-               [1, 1, 0, 0],
-               [0, 0, 1, 0],
-               [0, 0, 0, 0]])
-PRED = np.array([[1, 0, 0, 1],
-                 [1, 1, 1, 0],
-                 [0, 1, 1, 0],
-                 [0, 0, 0, 0]])
+GT = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+PRED = np.array([[1, 0, 0, 1], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
 
 
 def test_label_based_mA_hand_computed():
@@ -80,8 +75,13 @@ def test_weighted_bce_hand_computed():
     logits = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-1.0, 5.0]], requires_grad=True)
     loss = attribute_bce(logits, t, p)
     sp = lambda z: math.log1p(math.exp(z))  # noqa: E731  softplus
-    terms = [math.exp(1 / 3) * sp(-0.0), 1.0 * sp(1.0), math.exp(2 / 3) * sp(2.0), 1.0 * sp(-1.0),
-             math.exp(1 / 3) * sp(1.0)]  # the -1 target is ignored
+    terms = [
+        math.exp(1 / 3) * sp(-0.0),
+        1.0 * sp(1.0),
+        math.exp(2 / 3) * sp(2.0),
+        1.0 * sp(-1.0),
+        math.exp(1 / 3) * sp(1.0),
+    ]  # the -1 target is ignored
     assert loss.item() == pytest.approx(sum(terms) / 5, rel=1e-5)
     plain = attribute_bce(logits, t)
     assert plain.item() == pytest.approx((sp(0) + sp(1) + sp(2) + sp(-1) + sp(1)) / 5, rel=1e-5)
@@ -135,7 +135,8 @@ def test_multilevel_max_over_levels():
     lv = m(feats)
     assert len(lv) == 2 and all(l.shape == (3, 2) for l in lv)
     torch.testing.assert_close(m.predict(feats), torch.sigmoid(torch.maximum(lv[0], lv[1])))
-    torch.testing.assert_close(combine_levels([torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 3.0]])]),
-                               torch.tensor([[1.0, 3.0]]))
+    torch.testing.assert_close(
+        combine_levels([torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 3.0]])]), torch.tensor([[1.0, 3.0]])
+    )
     with pytest.raises(ValueError, match="levels"):
         m(feats[:1])

@@ -1,17 +1,21 @@
 """Attribute pseudo-labels: generation round trip, resume after interruption, validation against the
 dataset, merging into dataset dicts, the generator tool."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from galw_d2.attributes.pseudo_labels import (generate_pseudo_labels, load_pseudo_labels, merge_pseudo_labels,
-                                              register_pseudo_labeled_dataset)
+from galw_d2.attributes.pseudo_labels import (
+    generate_pseudo_labels,
+    load_pseudo_labels,
+    merge_pseudo_labels,
+    register_pseudo_labeled_dataset,
+)
 from galw_d2.attributes.recognizer import AttributeRecognizer, load_recognizer, save_checkpoint
 
 NAMES = ["a0", "a1", "a2"]
@@ -28,10 +32,18 @@ def scene(tmp_path_factory):
     for i in range(5):
         p = d / f"s{i}.jpg"
         Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(p)
-        anns = [{"bbox": [5.0 + 10 * k, 4.0, 30.0 + 10 * k, 55.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0,
-                 "person_id": k} for k in range(i % 3)]
-        dicts.append({"file_name": str(p), "image_name": p.name, "image_id": i, "height": 60, "width": 80,
-                      "annotations": anns})
+        anns = [
+            {
+                "bbox": [5.0 + 10 * k, 4.0, 30.0 + 10 * k, 55.0],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": 0,
+                "person_id": k,
+            }
+            for k in range(i % 3)
+        ]
+        dicts.append(
+            {"file_name": str(p), "image_name": p.name, "image_id": i, "height": 60, "width": 80, "annotations": anns}
+        )
     torch.manual_seed(0)
     model = AttributeRecognizer(3, "osnet_x0_25", ["conv2"], 8, 3, 4, (32, 16))
     ckpt = str(d / "rec.pth")
@@ -41,8 +53,9 @@ def scene(tmp_path_factory):
 
 def _gen(scene, out, **kw):
     model, names, sha = load_recognizer(scene["ckpt"])
-    return generate_pseudo_labels(model, scene["dicts"], str(out), names, scene["ckpt"], sha, "toy_train",
-                                  progress=False, **kw), sha
+    return generate_pseudo_labels(
+        model, scene["dicts"], str(out), names, scene["ckpt"], sha, "toy_train", progress=False, **kw
+    ), sha
 
 
 def test_round_trip_header_and_records(scene, tmp_path):
@@ -103,7 +116,9 @@ def test_validation_errors(scene, tmp_path):
         load_pseudo_labels(str(out), checkpoint_sha256="0" * 64)
     model, names, _ = load_recognizer(scene["ckpt"])
     with pytest.raises(ValueError, match="checkpoint_sha256="):
-        generate_pseudo_labels(model, scene["dicts"], str(out), names, scene["ckpt"], "f" * 64, "toy_train", progress=False)
+        generate_pseudo_labels(
+            model, scene["dicts"], str(out), names, scene["ckpt"], "f" * 64, "toy_train", progress=False
+        )
 
 
 def test_merge_and_register(scene, tmp_path):
@@ -158,13 +173,17 @@ def test_generator_tool_cli(scene, tmp_path, capsys):
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("gen_tool", os.path.join(root, "tools/generate_attribute_pseudo_labels.py"))
+    spec = importlib.util.spec_from_file_location(
+        "gen_tool", os.path.join(root, "tools/generate_attribute_pseudo_labels.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     DatasetCatalog.register("toy_cli_train", lambda: scene["dicts"])
     out = tmp_path / "cli.jsonl"
     try:
-        s = tool.main(["--checkpoint", scene["ckpt"], "--dataset", "toy_cli_train", "--output", str(out), "--max-images", "3"])
+        s = tool.main(
+            ["--checkpoint", scene["ckpt"], "--dataset", "toy_cli_train", "--output", str(out), "--max-images", "3"]
+        )
         assert s["processed"] == 3 and "validated" not in s
         s = tool.main(["--checkpoint", scene["ckpt"], "--dataset", "toy_cli_train", "--output", str(out)])
         assert s == {"processed": 2, "skipped": 3, "total": 5, "validated": True}

@@ -1,17 +1,22 @@
 """The stand-alone attribute recognizer: data loaders, training beats a constant predictor,
 checkpoints, backbone weights, the train tool."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 
 from galw_d2 import add_galw_config
-from galw_d2.attributes.data import (CropDataset, load_attribute_list, load_pa100k, load_synthps_crops,
-                                     write_attribute_list)
+from galw_d2.attributes.data import (
+    CropDataset,
+    load_attribute_list,
+    load_pa100k,
+    load_synthps_crops,
+    write_attribute_list,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["upper_red", "lower_dark", "hat"]
@@ -21,10 +26,10 @@ def _person(rng, attrs, h=48, w=24):
     """A hand-made 'person' crop whose three attributes are visible: red vs green upper half, dark vs
     light lower half, white hat block on top; plus noise."""
     img = np.full((h, w, 3), 128, np.float32)
-    img[h // 6: h // 2, 3:-3] = (200, 30, 30) if attrs[0] else (30, 160, 40)
-    img[h // 2:, 4:-4] = (25, 25, 25) if attrs[1] else (220, 220, 210)
+    img[h // 6 : h // 2, 3:-3] = (200, 30, 30) if attrs[0] else (30, 160, 40)
+    img[h // 2 :, 4:-4] = (25, 25, 25) if attrs[1] else (220, 220, 210)
     if attrs[2]:
-        img[: h // 6, w // 4: -w // 4] = (250, 250, 250)
+        img[: h // 6, w // 4 : -w // 4] = (250, 250, 250)
     img += rng.normal(0, 20, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -39,7 +44,9 @@ def make_list_dataset(folder, n, seed):
         a = [int(v) for v in rng.random(3) < (0.5, 0.4, 0.3)]
         p = os.path.join(folder, f"p{i:03d}.png")
         Image.fromarray(_person(rng, a)).save(p)
-        samples.append({"file_name": os.path.join(os.path.basename(folder), os.path.basename(p)), "box": None, "attributes": a})
+        samples.append(
+            {"file_name": os.path.join(os.path.basename(folder), os.path.basename(p)), "box": None, "attributes": a}
+        )
     path = folder + ".txt"
     write_attribute_list(path, samples, NAMES)
     return path
@@ -85,11 +92,15 @@ def test_pa100k_annotation_mat(tmp_path):
     from scipy.io import savemat
 
     names = np.array([["Female"], ["Hat"]], dtype=object)
-    ann = {"attributes": names,
-           "train_images_name": np.array([["000001.jpg"], ["000002.jpg"]], dtype=object),
-           "train_label": np.array([[1, 0], [0, 1]], np.uint8),
-           "val_images_name": np.array([["000003.jpg"]], dtype=object), "val_label": np.array([[1, 1]], np.uint8),
-           "test_images_name": np.array([["000004.jpg"]], dtype=object), "test_label": np.array([[0, 0]], np.uint8)}
+    ann = {
+        "attributes": names,
+        "train_images_name": np.array([["000001.jpg"], ["000002.jpg"]], dtype=object),
+        "train_label": np.array([[1, 0], [0, 1]], np.uint8),
+        "val_images_name": np.array([["000003.jpg"]], dtype=object),
+        "val_label": np.array([[1, 1]], np.uint8),
+        "test_images_name": np.array([["000004.jpg"]], dtype=object),
+        "test_label": np.array([[0, 0]], np.uint8),
+    }
     savemat(str(tmp_path / "annotation.mat"), ann)
     (tmp_path / "data").mkdir()
     s, n = load_pa100k(str(tmp_path), "train+val")
@@ -105,7 +116,8 @@ def test_pa100k_annotation_mat(tmp_path):
 
 def test_recognizer_trains_beats_constant_and_checkpoint_round_trips(list_data, tmp_path):
     from galw_d2.attributes.data import load_attribute_samples
-    from galw_d2.attributes.engine import CropDataset as _CD, evaluate_checkpoint, predict_samples, train_and_evaluate
+    from galw_d2.attributes.engine import CropDataset as _CD
+    from galw_d2.attributes.engine import evaluate_checkpoint, predict_samples, train_and_evaluate
     from galw_d2.attributes.recognizer import load_recognizer
 
     cfg = _cfg(list_data)
@@ -154,14 +166,26 @@ def test_train_tool_on_synthps_tiny_beats_constant(synthps_tiny, tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "run"
-    tool.main(["--no-progress", "--config-file", os.path.join(ROOT, "configs/attributes/alm_synthps_tiny.yaml"),
-               "--output", str(out), "ATTRIBUTE_NET.DATA.ROOT", synthps_tiny["cuhk_sysu"],
-               "ATTRIBUTE_NET.IN_FEATURES", "['conv2']", "ATTRIBUTE_NET.INPUT_SIZE", "(48, 24)",
-               "ATTRIBUTE_NET.EPOCHS", "12"])
+    tool.main(
+        [
+            "--no-progress",
+            "--config-file",
+            os.path.join(ROOT, "configs/attributes/alm_synthps_tiny.yaml"),
+            "--output",
+            str(out),
+            "ATTRIBUTE_NET.DATA.ROOT",
+            synthps_tiny["cuhk_sysu"],
+            "ATTRIBUTE_NET.IN_FEATURES",
+            "['conv2']",
+            "ATTRIBUTE_NET.INPUT_SIZE",
+            "(48, 24)",
+            "ATTRIBUTE_NET.EPOCHS",
+            "12",
+        ]
+    )
     m = json.load(open(out / "metrics.json"))
     assert {"mA", "accuracy", "precision", "recall", "F1"} <= set(m)
     assert all(0.0 <= m[k] <= 1.0 for k in ("mA", "accuracy", "precision", "recall", "F1"))
-    from galw_d2.attributes.data import load_synthps_crops
 
     test_s, names = load_synthps_crops(synthps_tiny["cuhk_sysu"], "test")
     assert m["num_test"] == len(test_s) and m["attribute_names"] == names

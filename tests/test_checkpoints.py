@@ -1,6 +1,7 @@
 """Checkpoints survive kills: atomic writes, verified resume with fallback to the newest intact
 checkpoint, a finished run's lost model_final.pth written again, no silent overwrite of an earlier
 run, and a checkpoint of another identity count fine-tunes with OIM tables of the new size."""
+
 import logging
 import os
 import sys

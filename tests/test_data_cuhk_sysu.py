@@ -1,4 +1,5 @@
 """CUHK-SYSU loader, protocols, cache and registration on tiny official-layout fixtures (scipy.io.savemat)."""
+
 import json
 import logging
 import os
@@ -8,9 +9,14 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from galw_d2.data import get_search_protocol, load_cuhk_sysu, load_cuhk_sysu_protocol, register_cuhk_sysu, register_synthps
-from galw_d2.data.datasets import DatasetFormatError, DatasetNotFoundError
-from galw_d2.data.datasets import common
+from galw_d2.data import (
+    get_search_protocol,
+    load_cuhk_sysu,
+    load_cuhk_sysu_protocol,
+    register_cuhk_sysu,
+    register_synthps,
+)
+from galw_d2.data.datasets import DatasetFormatError, DatasetNotFoundError, common
 from galw_d2.data.datasets import cuhk_sysu as cuhk_mod
 
 # image -> (width, height, [boxes x, y, w, h])
@@ -23,11 +29,15 @@ IMAGES = {
     "s6.jpg": (64, 48, [[1, 1, 10, 20]]),
 }
 POOL = ["s3.jpg", "s4.jpg", "s5.jpg", "s6.jpg"]
-TRAIN = [("p1", [("s1.jpg", [10, 20, 30, 60]), ("s2.jpg", [60, 20, 30, 50])]),
-         ("p2", [("s2.jpg", [0, 0, 40, 80]), ("s1.jpg", [5, 5, 0, 30])])]  # 2nd: the dropped box
+TRAIN = [
+    ("p1", [("s1.jpg", [10, 20, 30, 60]), ("s2.jpg", [60, 20, 30, 50])]),
+    ("p2", [("s2.jpg", [0, 0, 40, 80]), ("s1.jpg", [5, 5, 0, 30])]),
+]  # 2nd: the dropped box
 # queries: (idname, image, box, [(gallery image, box or None), ...])
-QUERIES = [("p100", "s3.jpg", [10, 10, 30, 60], [("s4.jpg", [5, 5, 20, 40]), ("s5.jpg", None), ("s6.jpg", None)]),
-           ("p200", "s5.jpg", [12, 8, 30, 50], [("s4.jpg", [40, 10, 30, 60]), ("s3.jpg", None), ("s4.jpg", [40, 10, 30, 60])])]
+QUERIES = [
+    ("p100", "s3.jpg", [10, 10, 30, 60], [("s4.jpg", [5, 5, 20, 40]), ("s5.jpg", None), ("s6.jpg", None)]),
+    ("p200", "s5.jpg", [12, 8, 30, 50], [("s4.jpg", [40, 10, 30, 60]), ("s3.jpg", None), ("s4.jpg", [40, 10, 30, 60])]),
+]
 
 
 def _struct(fields, rows, shape=None):
@@ -68,10 +78,22 @@ def make_cuhk(root, alt=False, images=None, pool=None, train=None, queries=None,
         rows.append((_cell([name]) if alt else np.array([name]), np.array([[len(boxes)]]), b))
     savemat(os.path.join(root, "annotation", "Images.mat"), {img_key: _struct(["imname", "nAppear", "box"], rows)})
     savemat(os.path.join(root, "annotation", "pool.mat"), {"pool": _cell([np.array([n]) for n in pool])})
-    ids = [_struct(["idname", "nAppear", "scene"],
-                   [(np.array([idn]), np.array([[len(sc)]]),
-                     _struct(["imname", "idlocate", "ishard"], [(np.array([n]), _box(b, alt), np.array([[0]])) for n, b in sc]))])
-           for idn, sc in train]
+    ids = [
+        _struct(
+            ["idname", "nAppear", "scene"],
+            [
+                (
+                    np.array([idn]),
+                    np.array([[len(sc)]]),
+                    _struct(
+                        ["imname", "idlocate", "ishard"],
+                        [(np.array([n]), _box(b, alt), np.array([[0]])) for n, b in sc],
+                    ),
+                )
+            ],
+        )
+        for idn, sc in train
+    ]
     if alt:  # a struct array instead of a cell of structs
         ids = _struct(["idname", "nAppear", "scene"], [tuple(x[0, 0]) for x in ids], shape=(len(ids), 1))
     else:
@@ -81,16 +103,23 @@ def make_cuhk(root, alt=False, images=None, pool=None, train=None, queries=None,
     def protocol(qs, extra=None):
         out = []
         for k, (idn, im, box, gal) in enumerate(qs):
-            q = _struct(["imname", "idlocate", "ishard", "idname"], [(np.array([im]), _box(box, alt), np.array([[k % 2]]), np.array([idn]))])
-            g = _struct(["imname", "idlocate", "ishard"], [(np.array([n]), _box(b, alt), np.array([[0]])) for n, b in gal])
+            q = _struct(
+                ["imname", "idlocate", "ishard", "idname"],
+                [(np.array([im]), _box(box, alt), np.array([[k % 2]]), np.array([idn]))],
+            )
+            g = _struct(
+                ["imname", "idlocate", "ishard"], [(np.array([n]), _box(b, alt), np.array([[0]])) for n, b in gal]
+            )
             out.append((q, g) + ((np.array([[1]]),) if extra else ()))
         return _struct(["Query", "Gallery"] + ([extra] if extra else []), out)
 
     savemat(os.path.join(tt, "TestG50.mat"), {"TestG50": protocol(queries)})
     longer = [(i, n, b, g + [("s6.jpg", None)]) for i, n, b, g in queries]
     savemat(os.path.join(tt, "TestG100.mat"), {"TestG100": protocol(longer)})
-    savemat(os.path.join(root, "annotation", "test", "subset", "Occlusion.mat"),
-            {"Occlusion1": protocol(queries[1:], extra="occlusion")})
+    savemat(
+        os.path.join(root, "annotation", "test", "subset", "Occlusion.mat"),
+        {"Occlusion1": protocol(queries[1:], extra="occlusion")},
+    )
     return root
 
 
@@ -126,8 +155,10 @@ def test_splits_field_by_field(tmp_path, cache, alt, caplog):
     assert gallery[1]["annotations"][1]["bbox"] == [40, 10, 70, 70]
 
     query = load_cuhk_sysu(root, "query")
-    assert [(q["image_name"], q["query_index"], q["query_pid"], q["is_query"]) for q in query] == \
-        [("s3.jpg", 0, 0, True), ("s5.jpg", 1, 1, True)]
+    assert [(q["image_name"], q["query_index"], q["query_pid"], q["is_query"]) for q in query] == [
+        ("s3.jpg", 0, 0, True),
+        ("s5.jpg", 1, 1, True),
+    ]
     assert query[1]["query_boxes"].dtype == np.float32
     np.testing.assert_array_equal(query[1]["query_boxes"], [[12, 8, 42, 58]])
     assert query[0]["annotations"] == gallery[0]["annotations"]  # the whole query image's record
@@ -226,8 +257,12 @@ def test_cache_hit_invalidation_and_unwritable(tmp_path, cache, monkeypatch):
 
 def test_attributes(tmp_path, cache):
     root = make_cuhk(str(tmp_path / "cuhk"))
-    persons = [{"image": n, "box": [int(v) + (1 if k == 0 else 0) for v in _xyxy(b)], "attributes": [k % 2, 1]}
-               for n, (_, _, boxes) in IMAGES.items() for k, b in enumerate(boxes) if b[2] > 0]
+    persons = [
+        {"image": n, "box": [int(v) + (1 if k == 0 else 0) for v in _xyxy(b)], "attributes": [k % 2, 1]}
+        for n, (_, _, boxes) in IMAGES.items()
+        for k, b in enumerate(boxes)
+        if b[2] > 0
+    ]
     with open(os.path.join(root, "synthps_attributes.json"), "w") as f:
         json.dump({"attribute_names": ["male", "bag"], "persons": persons}, f)
     train = load_cuhk_sysu(root, "train")
@@ -251,7 +286,12 @@ def test_registration_is_lazy_and_dispatches(tmp_path, cache, monkeypatch):
     register_cuhk_sysu(root, prefix="t_cuhk")  # re-registration replaces
     assert calls == []
     meta = MetadataCatalog.get("t_cuhk_train")
-    assert (meta.dataset_type, meta.evaluator_type, meta.thing_classes, meta.root) == ("cuhk_sysu", "person_search", ["person"], root)
+    assert (meta.dataset_type, meta.evaluator_type, meta.thing_classes, meta.root) == (
+        "cuhk_sysu",
+        "person_search",
+        ["person"],
+        root,
+    )
     assert meta.num_train_pids == 2 and calls == [root]
     assert meta.gallery_sizes == [50, 100] and meta.get("attribute_names") is None
     assert len(DatasetCatalog.get("t_cuhk_test")) == 6
@@ -292,16 +332,30 @@ FRAC_IMAGES = {
     "s5.jpg": (70, 60, [[12.25, 8.5, 30.75, 50.5]]),
     "s6.jpg": (64, 48, [[1, 1, 10, 20]]),
 }
-FRAC_TRAIN = [("p1", [("s1.jpg", [10.75, 20.5, 30.5, 59.75]), ("s2.jpg", [60, 20, 30, 50])]),
-              ("p2", [("s2.jpg", [0, 0, 40, 80]), ("s1.jpg", [-1.5, 3, 20, 40])])]
-FRAC_QUERIES = [("p100", "s3.jpg", [10, 10, 30, 60], [("s4.jpg", [5, 5, 20, 40]), ("s5.jpg", None)]),
-                ("p200", "s5.jpg", [12.25, 8.5, 30.75, 50.5], [("s4.jpg", [40.5, 10, 30.5, 60]), ("s3.jpg", None)])]
+FRAC_TRAIN = [
+    ("p1", [("s1.jpg", [10.75, 20.5, 30.5, 59.75]), ("s2.jpg", [60, 20, 30, 50])]),
+    ("p2", [("s2.jpg", [0, 0, 40, 80]), ("s1.jpg", [-1.5, 3, 20, 40])]),
+]
+FRAC_QUERIES = [
+    ("p100", "s3.jpg", [10, 10, 30, 60], [("s4.jpg", [5, 5, 20, 40]), ("s5.jpg", None)]),
+    ("p200", "s5.jpg", [12.25, 8.5, 30.75, 50.5], [("s4.jpg", [40.5, 10, 30.5, 60]), ("s3.jpg", None)]),
+]
 FRAC_EXPECTED = {
     # s1's 0.5-wide box truncates to width 0: dropped (the reference loaders would keep a degenerate box)
-    "standard": {"s1": [[10, 20, 40, 79], [-1, 3, 19, 43]], "s1_pids": [0, 1], "s4": [[5, 5, 25, 45], [40, 10, 70, 70]],
-                 "query": [12, 8, 42, 58], "dropped": 1},
-    "geometric": {"s1": [[10.75, 20.5, 41.25, 80.25], [0, 3, 18.5, 43], [5, 5, 5.5, 35]], "s1_pids": [0, 1, -1],
-                  "s4": [[5, 5, 25, 45], [40.5, 10, 71, 70]], "query": [12.25, 8.5, 43, 59], "dropped": 0},
+    "standard": {
+        "s1": [[10, 20, 40, 79], [-1, 3, 19, 43]],
+        "s1_pids": [0, 1],
+        "s4": [[5, 5, 25, 45], [40, 10, 70, 70]],
+        "query": [12, 8, 42, 58],
+        "dropped": 1,
+    },
+    "geometric": {
+        "s1": [[10.75, 20.5, 41.25, 80.25], [0, 3, 18.5, 43], [5, 5, 5.5, 35]],
+        "s1_pids": [0, 1, -1],
+        "s4": [[5, 5, 25, 45], [40.5, 10, 71, 70]],
+        "query": [12.25, 8.5, 43, 59],
+        "dropped": 0,
+    },
 }
 
 
@@ -324,8 +378,9 @@ def test_box_conventions_hand_computed(tmp_path, cache, convention, caplog):
         np.testing.assert_array_equal(p.queries[1].box, want["query"])
         assert p.queries[1].pid == 1  # the converted query box is found among its image's boxes
         np.testing.assert_array_equal(p.gallery["s4.jpg"].boxes, want["s4"])
-    np.testing.assert_array_equal(load_cuhk_sysu_protocol(root, 50, box_convention=convention).queries[1].gallery[0][1],
-                                  want["s4"][1])
+    np.testing.assert_array_equal(
+        load_cuhk_sysu_protocol(root, 50, box_convention=convention).queries[1].gallery[0][1], want["s4"][1]
+    )
 
 
 def test_convert_boxes_rules():

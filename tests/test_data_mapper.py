@@ -1,4 +1,5 @@
 """PersonSearchDatasetMapper: resize + flip against hand-computed boxes, test-time fitting, embed_boxes."""
+
 import numpy as np
 import pytest
 import torch
@@ -24,11 +25,25 @@ def record(tmp_path):
     img[:, :10] = 255  # a white band on the left, to see the flip
     path = str(tmp_path / "s1.jpg")
     Image.fromarray(img).save(path, quality=100)
-    ann = lambda b, pid, attr: {"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "person_id": pid, "attributes": attr}
+    ann = lambda b, pid, attr: {
+        "bbox": b,
+        "bbox_mode": BoxMode.XYXY_ABS,
+        "category_id": 0,
+        "person_id": pid,
+        "attributes": attr,
+    }
     return {
-        "file_name": path, "image_id": 7, "image_name": "s1.jpg", "height": 50, "width": 100, "camera_id": 3,
-        "annotations": [ann([10, 20, 40, 50], 4, [1, 0]), ann([150, 10, 170, 20], 5, [0, 0]),  # 2nd: outside
-                        ann([60, 5, 90, 45], -1, [0, 1])],
+        "file_name": path,
+        "image_id": 7,
+        "image_name": "s1.jpg",
+        "height": 50,
+        "width": 100,
+        "camera_id": 3,
+        "annotations": [
+            ann([10, 20, 40, 50], 4, [1, 0]),
+            ann([150, 10, 170, 20], 5, [0, 0]),  # 2nd: outside
+            ann([60, 5, 90, 45], -1, [0, 1]),
+        ],
     }
 
 
@@ -37,7 +52,13 @@ def test_train_resize_and_flip_hand_computed(record):
     out = mapper(record)
     # long side 100 -> 200: scale 2, image 200 x 100; boxes x2, then x -> 200 - x
     assert out["image"].shape == (3, 100, 200) and out["image"].dtype == torch.uint8
-    assert (out["height"], out["width"], out["image_name"], out["image_id"], out["camera_id"]) == (50, 100, "s1.jpg", 7, 3)
+    assert (out["height"], out["width"], out["image_name"], out["image_id"], out["camera_id"]) == (
+        50,
+        100,
+        "s1.jpg",
+        7,
+        3,
+    )
     assert out["is_query"] is False and out["query_index"] == -1
     assert out["image"][:, :, -20:].float().mean() > 200 and out["image"][:, :, :20].float().mean() < 50  # flipped
     inst = out["instances"]
@@ -90,7 +111,9 @@ def test_test_mapping_query_and_upper_bound(record):
     q = dict(record, is_query=True, query_index=3, query_pid=4, query_boxes=np.array([[10, 20, 40, 50]], np.float32))
     out = mapper(q)
     assert out["is_query"] and out["query_index"] == 3 and out["query_pid"] == 4
-    assert out["embed_boxes"].dtype == torch.float32 and out["embed_boxes"].tolist() == [[10, 20, 40, 50]]  # original px
+    assert out["embed_boxes"].dtype == torch.float32 and out["embed_boxes"].tolist() == [
+        [10, 20, 40, 50]
+    ]  # original px
     cfg.TEST.PERSON_SEARCH.UPPER_BOUND = True
     out = PersonSearchDatasetMapper(cfg, is_train=False)(record)
     assert out["embed_boxes"].tolist() == [[10, 20, 40, 50], [150, 10, 170, 20], [60, 5, 90, 45]]

@@ -1,27 +1,31 @@
 """PRW loader, protocols and registration on tiny official-layout fixtures (scipy.io.savemat)."""
+
 import json
 import logging
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 from scipy.io import savemat
 
 from galw_d2.data import get_search_protocol, load_prw, load_prw_protocol, register_prw, register_synthps
-from galw_d2.data.datasets import DatasetFormatError, DatasetNotFoundError
-from galw_d2.data.datasets import common
+from galw_d2.data.datasets import DatasetFormatError, DatasetNotFoundError, common
 from galw_d2.data.datasets import prw as prw_mod
 
 # frame -> (annotation key, rows [id, x, y, w, h]); negative and fractional coordinates (binary-exact
 # fractions) where the "standard" and "geometric" box conventions differ
 TRAIN = {
-    "c1s1_000001": ("box_new", [[5, 10, 20, 30, 60], [-2, 50, 10, 20, 40], [932, -3, 5, 20, 40],
-                                [-2, 30.75, -1.5, 10.5, 20.75]]),
+    "c1s1_000001": (
+        "box_new",
+        [[5, 10, 20, 30, 60], [-2, 50, 10, 20, 40], [932, -3, 5, 20, 40], [-2, 30.75, -1.5, 10.5, 20.75]],
+    ),
     # w = 0 (dropped in both conventions); w = 0.5 (x2 = 10.75 truncates to x1 = 10: dropped in "standard")
-    "c2s1_000002": ("anno_file", [[5, 0, 0, 40, 80], [7, 60, 20, 30, 50], [-2, 10, 10, 0, 20],
-                                  [-2, 10.25, 10, 0.5, 20]]),
+    "c2s1_000002": (
+        "anno_file",
+        [[5, 0, 0, 40, 80], [7, 60, 20, 30, 50], [-2, 10, 10, 0, 20], [-2, 10.25, 10, 0.5, 20]],
+    ),
 }
 TEST = {
     "c1s2_000010": ("anno_previous", [[100, 10, 10, 30, 60], [-2, 50, 50, 20, 40]]),
@@ -58,7 +62,10 @@ def make_prw(root, train=None, test=None, query_info=QUERY_INFO, column=True):
     for i, (name, (key, rows)) in enumerate({**train, **test}.items()):
         Image.new("RGB", (96 + i, 72), (90, 90, 90)).save(os.path.join(root, "frames", name + ".jpg"))
         savemat(os.path.join(root, "annotations", name + ".jpg.mat"), {key: np.asarray(rows, dtype=np.float64)})
-    for fname, key, names in (("frame_train.mat", "img_index_train", train), ("frame_test.mat", "img_index_test", test)):
+    for fname, key, names in (
+        ("frame_train.mat", "img_index_train", train),
+        ("frame_test.mat", "img_index_test", test),
+    ):
         cell = np.empty((len(names), 1) if column else (1, len(names)), dtype=object)
         for i, n in enumerate(names):
             cell.flat[i] = np.array([n])
@@ -96,8 +103,10 @@ def test_splits_field_by_field(tmp_path, cache, column, caplog):
     assert [g["image_id"] for g in gallery] == [2, 3, 4, 5]
 
     query = load_prw(root, "query")
-    assert [(q["image_name"], q["query_index"], q["query_pid"], q["camera_id"]) for q in query] == \
-        [("c1s2_000010.jpg", 0, 100, 1), ("c2s2_000030.jpg", 1, 200, 2)]
+    assert [(q["image_name"], q["query_index"], q["query_pid"], q["camera_id"]) for q in query] == [
+        ("c1s2_000010.jpg", 0, 100, 1),
+        ("c2s2_000030.jpg", 1, 200, 2),
+    ]
     np.testing.assert_array_equal(query[1]["query_boxes"], [EXPECTED["standard"]["query"][1]])
     assert query[1]["query_boxes"].dtype == np.float32 and query[0]["is_query"]
     assert len(load_prw(root, "test")) == 6
@@ -108,11 +117,17 @@ def test_protocols_and_registration(tmp_path, cache):
     p = load_prw_protocol(root)
     assert (p.dataset, p.name, p.rule) == ("prw", "standard", "all_but_query")
     assert [(g.name, g.camera) for g in p.gallery.values()] == [
-        ("c1s2_000010.jpg", 1), ("c3s1_000020.jpg", 3), ("c2s2_000030.jpg", 2), ("c6s1_000040.jpg", 6)]
+        ("c1s2_000010.jpg", 1),
+        ("c3s1_000020.jpg", 3),
+        ("c2s2_000030.jpg", 2),
+        ("c6s1_000040.jpg", 6),
+    ]
     np.testing.assert_array_equal(p.gallery["c3s1_000020.jpg"].boxes, EXPECTED["standard"]["c3s1_000020"])
     assert p.gallery["c6s1_000040.jpg"].boxes.shape == (0, 4)
     assert [(q.image, q.pid, q.camera, q.gallery) for q in p.queries] == [
-        ("c1s2_000010.jpg", 100, 1, None), ("c2s2_000030.jpg", 200, 2, None)]
+        ("c1s2_000010.jpg", 100, 1, None),
+        ("c2s2_000030.jpg", 200, 2, None),
+    ]
     cc = load_prw_protocol(root, cross_camera=True)
     assert (cc.name, cc.rule) == ("cross_camera", "other_cameras")
 
@@ -137,7 +152,11 @@ def test_errors(tmp_path, cache):
     with pytest.raises(DatasetFormatError, match=r"query_info.txt:1: expected 'pid x y w h imname'"):
         load_prw(root, "query")
     root = make_prw(str(tmp_path / "c"), test={"c1s2_000010": ("boxes", [[1, 1, 1, 5, 5]])})
-    with pytest.raises(DatasetFormatError, match=r"c1s2_000010.jpg.mat: expected a variable named 'box_new' or 'anno_file' or 'anno_previous', found \['boxes'\]"):
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"c1s2_000010.jpg.mat: expected a variable named 'box_new' or 'anno_file' or 'anno_previous', "
+        r"found \['boxes'\]",
+    ):
         load_prw(root, "gallery")
     root = make_prw(str(tmp_path / "d"), test={"c1s2_000010": ("box_new", [[-5, 1, 1, 5, 5]])})
     with pytest.raises(DatasetFormatError, match="person id -5 out of range"):
@@ -165,8 +184,12 @@ def test_cache_and_attributes(tmp_path, cache, monkeypatch):
         load_prw(root, "gallery")
     monkeypatch.undo()
     monkeypatch.setenv("GALW_D2_CACHE", "off")
-    persons = [{"image": n + ".jpg", "box": [x, y, x + w, y + h], "attributes": [int(pid > 0)]}
-               for n, (_, rows) in {**TRAIN, **TEST}.items() for pid, x, y, w, h in rows if w > 0]
+    persons = [
+        {"image": n + ".jpg", "box": [x, y, x + w, y + h], "attributes": [int(pid > 0)]}
+        for n, (_, rows) in {**TRAIN, **TEST}.items()
+        for pid, x, y, w, h in rows
+        if w > 0
+    ]
     with open(os.path.join(root, "synthps_attributes.json"), "w") as f:
         json.dump({"attribute_names": ["labeled"], "persons": persons}, f)
     train = load_prw(root, "train")
@@ -175,7 +198,6 @@ def test_cache_and_attributes(tmp_path, cache, monkeypatch):
     register_synthps(root, "prw", "t_syn_prw")
     meta = MetadataCatalog.get("t_syn_prw_train")
     assert meta.synthps is True and meta.attribute_names == ["labeled"] and meta.dataset_type == "prw"
-
 
 
 @pytest.mark.parametrize("convention", ["standard", "geometric"])
@@ -216,12 +238,14 @@ def test_convention_is_part_of_the_cache_key_and_registration(tmp_path, cache, m
     register_prw(root, prefix="t_prw_geo", box_convention="geometric")
     assert MetadataCatalog.get("t_prw_geo_train").box_convention == "geometric"
     assert DatasetCatalog.get("t_prw_geo_train")[0]["annotations"][2]["bbox"] == [0, 5, 17, 45]
-    np.testing.assert_array_equal([q.box for q in get_search_protocol("t_prw_geo_test").queries],
-                                  EXPECTED["geometric"]["query"])
+    np.testing.assert_array_equal(
+        [q.box for q in get_search_protocol("t_prw_geo_test").queries], EXPECTED["geometric"]["query"]
+    )
     register_prw(root, prefix="t_prw_std")
     assert MetadataCatalog.get("t_prw_std_train").box_convention == "standard"
-    np.testing.assert_array_equal([q.box for q in get_search_protocol("t_prw_std_test").queries],
-                                  EXPECTED["standard"]["query"])
+    np.testing.assert_array_equal(
+        [q.box for q in get_search_protocol("t_prw_std_test").queries], EXPECTED["standard"]["query"]
+    )
     with pytest.raises(ValueError, match=r"box_convention 'int': expected one of \('standard', 'geometric'\)"):
         register_prw(root, prefix="t_prw_bad", box_convention="int")
     with pytest.raises(ValueError, match="box_convention 'clip'"):

@@ -1,4 +1,5 @@
 """The CPU fast path of DeformConv against torchvision.ops.deform_conv2d (the reference)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,12 +59,20 @@ def test_fast_backward_matches_torchvision(modulated):
 
 @pytest.mark.parametrize("stride,dilation", [(2, 1), (1, 2)])
 def test_fast_forward_stride_dilation(stride, dilation):
-    x, offset, weight, b, mask = _inputs(True, True, torch.float32, seed=3, h=10, w=11, stride=stride,
-                                         padding=dilation, dilation=dilation)
-    ref = deform_conv2d(x, offset, weight, b, stride=(stride, stride), padding=(dilation, dilation),
-                        dilation=(dilation, dilation), mask=mask)
-    got = deform_conv2d_cpu_fast(x, offset, weight, b, stride=stride, padding=dilation, dilation=dilation,
-                                 mask=mask)
+    x, offset, weight, b, mask = _inputs(
+        True, True, torch.float32, seed=3, h=10, w=11, stride=stride, padding=dilation, dilation=dilation
+    )
+    ref = deform_conv2d(
+        x,
+        offset,
+        weight,
+        b,
+        stride=(stride, stride),
+        padding=(dilation, dilation),
+        dilation=(dilation, dilation),
+        mask=mask,
+    )
+    got = deform_conv2d_cpu_fast(x, offset, weight, b, stride=stride, padding=dilation, dilation=dilation, mask=mask)
     assert got.shape == ref.shape
     assert _rel_err(got, ref) < 1e-4
 

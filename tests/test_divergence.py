@@ -3,6 +3,7 @@
 Old behaviour (ROI-AlignPS* tiny, SynthPS tiny): BASE_LR 1e2 trained to the end with a loss sum of
 ~1e6 and exited 0; 1e4 failed on an unrelated box assertion or saved a NaN checkpoint that only the
 evaluator tripped on."""
+
 import glob
 import os
 import sys
@@ -50,8 +51,9 @@ def test_real_model_divergence_stops_with_the_loss_and_iteration(lr, tmp_path, s
     seed_all_rng(0)
     t = PersonSearchTrainer(cfg)
     t.resume_or_load(resume=False)
-    with pytest.raises(FloatingPointError,
-                       match=r"training diverged at iteration \d+: .*(loss_\w+ = |model (weight|buffer) ')"):
+    with pytest.raises(
+        FloatingPointError, match=r"training diverged at iteration \d+: .*(loss_\w+ = |model (weight|buffer) ')"
+    ):
         t.train()
     saved = _finite_checkpoints(str(tmp_path))
     assert "model_final.pth" not in saved and len(saved) <= 7
@@ -86,8 +88,10 @@ def _toy_with_nan_at(tmp_path, it, max_iter, forward_raises):
 
 def test_forward_failure_on_nan_weights_is_reported_as_divergence(tmp_path):
     t = _toy_with_nan_at(tmp_path, 3, 8, forward_raises=True)
-    msg = r"diverged at iteration 3: the forward failed \(AssertionError: Box tensor contains infinite or NaN!\); " \
-          r"model weight '.+' is non-finite"
+    msg = (
+        r"diverged at iteration 3: the forward failed \(AssertionError: Box tensor contains infinite or NaN!\); "
+        r"model weight '.+' is non-finite"
+    )
     with pytest.raises(FloatingPointError, match=msg) as e:
         t.train()
     assert isinstance(e.value.__cause__, AssertionError)
@@ -129,6 +133,7 @@ def _gloo_divergence_worker(rank, world, tmp):
                         if rank == 1 and i == 2:  # only process 1 sees a poisoned batch, at iteration 2
                             b = [dict(d, x=d["x"] * float("nan")) for d in b]
                         yield b
+
                 return batches()
 
         cfg = galw_toy.toy_cfg(os.path.join(tmp, "out"), strategy="fixed", record=False, max_iter=6)
@@ -152,8 +157,9 @@ def test_divergence_on_one_process_stops_every_process(tmp_path):
 
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_gloo_divergence_worker, args=(2, str(tmp_path)), nprocs=2, join=False,
-                             start_method="fork")
+    ctx = mp.start_processes(
+        _gloo_divergence_worker, args=(2, str(tmp_path)), nprocs=2, join=False, start_method="fork"
+    )
     deadline = time.time() + 120
     while not ctx.join(timeout=1):
         if time.time() > deadline:

@@ -1,4 +1,5 @@
 """Detection AP / recall of the person-search protocol: hand-computed cases."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,11 @@ G1, G2, G3 = [0, 0, 100, 100], [200, 0, 300, 100], [0, 0, 50, 50]
 
 
 def det(boxes, scores):
-    return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "scores": np.array(scores, np.float32),
-            "feats": np.zeros((len(scores), 2), np.float32)}
+    return {
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "scores": np.array(scores, np.float32),
+        "feats": np.zeros((len(scores), 2), np.float32),
+    }
 
 
 def case():
@@ -28,8 +32,9 @@ def case():
 
 
 def test_mutual_argmax_matching():
-    assert match_detections(np.array([G1, G2]), np.array([[0, 0, 100, 90], [0, 0, 100, 60], [200, 0, 255, 100]])).tolist() \
-        == [True, False, True]
+    assert match_detections(
+        np.array([G1, G2]), np.array([[0, 0, 100, 90], [0, 0, 100, 60], [200, 0, 255, 100]])
+    ).tolist() == [True, False, True]
     assert match_detections(np.zeros((0, 4)), np.array([G1])).tolist() == [False]
     assert match_detections(np.array([G1]), np.zeros((0, 4))).tolist() == []
     # IoU under 0.5 is no match even if mutual best

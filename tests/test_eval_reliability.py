@@ -3,6 +3,7 @@
 Each test reproduces one silent case of the reliability table (docs/reliability.md): before the fix
 it scored a believable number with exit 0.
 """
+
 import logging
 import os
 import sys
@@ -26,10 +27,16 @@ def f(s):
 def det(*items):
     """items: (box, score, sim) -> one gallery entry."""
     if not items:
-        return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                "feats": np.zeros((0, 2), np.float32)}
-    return {"boxes": np.array([i[0] for i in items], np.float32), "scores": np.array([i[1] for i in items], np.float32),
-            "feats": np.array([f(i[2]) for i in items], np.float32)}
+        return {
+            "boxes": np.zeros((0, 4), np.float32),
+            "scores": np.zeros(0, np.float32),
+            "feats": np.zeros((0, 2), np.float32),
+        }
+    return {
+        "boxes": np.array([i[0] for i in items], np.float32),
+        "scores": np.array([i[1] for i in items], np.float32),
+        "feats": np.array([f(i[2]) for i in items], np.float32),
+    }
 
 
 def protocol(names=("Q.jpg", "A.jpg", "B.jpg", "C.jpg", "D.jpg"), pids=(1, 1, 7, 7, 1)):
@@ -38,8 +45,13 @@ def protocol(names=("Q.jpg", "A.jpg", "B.jpg", "C.jpg", "D.jpg"), pids=(1, 1, 7,
 
 
 def complete_results():
-    gallery = {"Q.jpg": det((P, 0.9, 0.99)), "A.jpg": det((P, 0.9, 0.8)), "B.jpg": det((P, 0.9, 0.8)),
-               "C.jpg": det((P, 0.9, 0.9)), "D.jpg": det((P, 0.9, 0.5))}
+    gallery = {
+        "Q.jpg": det((P, 0.9, 0.99)),
+        "A.jpg": det((P, 0.9, 0.8)),
+        "B.jpg": det((P, 0.9, 0.8)),
+        "C.jpg": det((P, 0.9, 0.9)),
+        "D.jpg": det((P, 0.9, 0.5)),
+    }
     return {"gallery": gallery, "queries": [{"image": "Q.jpg", "box": P, "feat": [1.0, 0.0]}]}
 
 
@@ -81,13 +93,19 @@ def test_path_style_and_unknown_image_keys():
 def test_inverted_boxes_and_out_of_range_scores_are_errors_naming_the_detection():
     res = complete_results()
     res["gallery"]["B.jpg"]["boxes"] = np.array([[50, 0, 0, 100]], np.float32)
-    with pytest.raises(ValueError, match=r"gallery image 'B\.jpg': 'boxes' has x2 < x1 or y2 < y1 in 1 of 1 "
-                                         r"detections \(first: detection 0, \[50.0, 0.0, 0.0, 100.0\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"gallery image 'B\.jpg': 'boxes' has x2 < x1 or y2 < y1 in 1 of 1 "
+        r"detections \(first: detection 0, \[50.0, 0.0, 0.0, 100.0\]\)",
+    ):
         validate_results(res, source="r.pth")
     res = complete_results()
     res["gallery"]["C.jpg"]["scores"] = np.array([2.5], np.float32)  # logits instead of probabilities
-    with pytest.raises(ValueError, match=r"gallery image 'C\.jpg': 'scores' must be detection probabilities in "
-                                         r"\[0, 1\]; 1 of 1 are not \(first: detection 0, 2\.5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"gallery image 'C\.jpg': 'scores' must be detection probabilities in "
+        r"\[0, 1\]; 1 of 1 are not \(first: detection 0, 2\.5\)",
+    ):
         validate_results(res, source="r.pth")
     res = complete_results()
     res["queries"][0]["box"] = [0, 100, 50, 0]
@@ -138,8 +156,12 @@ def test_empty_and_truncated_results_files_name_the_path(tmp_path):
 def tie_case():
     """Query person 1 in A and D, person 7 in B; A, B, D all at similarity 0.7 (exact tie)."""
     proto = protocol(names=("Q.jpg", "A.jpg", "B.jpg", "D.jpg"), pids=(1, 1, 7, 1))
-    gallery = {"Q.jpg": det((P, 0.9, 0.99)), "A.jpg": det((P, 0.9, 0.7)), "B.jpg": det((P, 0.9, 0.7)),
-               "D.jpg": det((P, 0.9, 0.7))}
+    gallery = {
+        "Q.jpg": det((P, 0.9, 0.99)),
+        "A.jpg": det((P, 0.9, 0.7)),
+        "B.jpg": det((P, 0.9, 0.7)),
+        "D.jpg": det((P, 0.9, 0.7)),
+    }
     return proto, validate_results({"gallery": gallery, "queries": []})["gallery"]
 
 
@@ -188,8 +210,14 @@ def test_constant_features_are_reported_as_collapsed(caplog):
     gallery_list = [("T1.jpg", G), ("T2.jpg", G)] + [(f"F{i}.jpg", None) for i in range(8)]
     proto = SearchProtocol("cuhk_sysu", "TestG10", "explicit", {}, [SearchQuery("q.jpg", G, 1, gallery=gallery_list)])
     const = [0.6, 0.8]
-    gal = {n: {"boxes": np.array([G], np.float32), "scores": np.array([0.9], np.float32),
-               "feats": np.array([const], np.float32)} for n, _ in gallery_list}
+    gal = {
+        n: {
+            "boxes": np.array([G], np.float32),
+            "scores": np.array([0.9], np.float32),
+            "feats": np.array([const], np.float32),
+        }
+        for n, _ in gallery_list
+    }
     gal = validate_results({"gallery": gal, "queries": []})["gallery"]
     with caplog.at_level(logging.WARNING, logger="galw_d2.evaluation.search"):
         out = evaluate_search(proto, gal, np.array([const], np.float32))
@@ -231,8 +259,14 @@ def test_person_search_evaluator_validates_threshold_and_reports_ties():
     proto, gal = tie_case()
     ev = PersonSearchEvaluator("prw_test", protocol=proto, distributed=False)
     ev._gallery = gal
-    ev._queries = {0: {"image": "Q.jpg", "det": gal["Q.jpg"], "embed_boxes": np.array([P], np.float32),
-                       "box_embeddings": np.array([[1.0, 0.0]], np.float32)}}
+    ev._queries = {
+        0: {
+            "image": "Q.jpg",
+            "det": gal["Q.jpg"],
+            "embed_boxes": np.array([P], np.float32),
+            "box_embeddings": np.array([[1.0, 0.0]], np.float32),
+        }
+    }
     out = ev.evaluate()["search"]
     assert out["top1"] == 1.0 and out["top1-pessimistic-ties"] == 0.0
     assert out["tie-affected-fraction"] == 1.0 and out["tied-top1-fraction"] == 1.0

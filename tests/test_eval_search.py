@@ -1,4 +1,5 @@
 """Search metrics of the standard protocol: hand-computed cases for every quirk, plus a loop reference."""
+
 import numpy as np
 import pytest
 
@@ -15,8 +16,11 @@ def dets(*items):
     """items: (box, score, sim) -> gallery entry."""
     if not items:
         return {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "feats": np.zeros((0,))}
-    return {"boxes": np.array([i[0] for i in items], np.float32), "scores": np.array([i[1] for i in items], np.float32),
-            "feats": np.array([feat(i[2]) for i in items], np.float32)}
+    return {
+        "boxes": np.array([i[0] for i in items], np.float32),
+        "scores": np.array([i[1] for i in items], np.float32),
+        "feats": np.array([feat(i[2]) for i in items], np.float32),
+    }
 
 
 Q = np.array([[1.0, 0.0]], np.float32)
@@ -63,8 +67,13 @@ def explicit_case(duplicate=True):
     if duplicate:
         gallery.append(("A.jpg", GA))
     gallery.append(("D.jpg", GD))
-    proto = SearchProtocol("cuhk_sysu", "TestG5", "explicit", gallery={}, queries=[
-        SearchQuery("q.jpg", [0, 0, 30, 80], pid=1, gallery=gallery)])
+    proto = SearchProtocol(
+        "cuhk_sysu",
+        "TestG5",
+        "explicit",
+        gallery={},
+        queries=[SearchQuery("q.jpg", [0, 0, 30, 80], pid=1, gallery=gallery)],
+    )
     res = {
         # one TP per image: both overlap the GT, the more similar (0.8) is the TP, 0.6 is a FP
         "A.jpg": dets((GA, 0.9, 0.6), ([12, 10, 60, 110], 0.9, 0.8)),
@@ -79,8 +88,9 @@ def explicit_case(duplicate=True):
 
 def test_explicit_gallery_every_quirk():
     proto, res = explicit_case()
-    out = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q,
-                          det_thresh=0.5, return_per_query=True)
+    out = evaluate_search(
+        proto, validate_results({"gallery": res, "queries": []})["gallery"], Q, det_thresh=0.5, return_per_query=True
+    )
     # ranked: .9 (B, FP) .8 (A, TP) .7 (C, TP) .6 (A, FP) .1 (B, FP); AP = .5*.5 + .5*2/3; recall 2/4
     # (count_gt = A, C, A again, D = 4 listed entries with the person)
     assert out["per_query"]["count_gt"][0] == 4
@@ -104,8 +114,9 @@ def test_explicit_without_duplicate_and_fixed_threshold_would_differ():
 def test_nothing_found_gives_zero_and_images_without_detections_count():
     proto, res = explicit_case()
     res = {"B.jpg": res["B.jpg"]}
-    out = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q, det_thresh=0.5,
-                          return_per_query=True)
+    out = evaluate_search(
+        proto, validate_results({"gallery": res, "queries": []})["gallery"], Q, det_thresh=0.5, return_per_query=True
+    )
     assert out["mAP"] == 0.0 and out["top10"] == 0.0
     assert out["per_query"]["count_gt"][0] == 4
     # empty gallery results entirely: still well defined
@@ -137,8 +148,7 @@ def prw_case():
 def test_all_but_query_rule():
     gal, res, q = prw_case()
     proto = SearchProtocol("prw", "standard", "all_but_query", gal, [q])
-    out = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q,
-                          return_per_query=True)
+    out = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q, return_per_query=True)
     # ranked: .95 Z, .9 Y(FP), .5 X TP, .4 Y TP; AP = .5/3 + .5*.5; recall 2/3 (X, Y, W)
     assert out["per_query"]["count_gt"][0] == 3
     assert out["mAP"] == pytest.approx((0.5 / 3 + 0.25) * 2 / 3)
@@ -151,8 +161,7 @@ def test_all_but_query_rule():
 def test_other_cameras_rule():
     gal, res, q = prw_case()
     proto = SearchProtocol("prw", "cross_camera", "other_cameras", gal, [q])
-    out = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q,
-                          return_per_query=True)
+    out = evaluate_search(proto, validate_results({"gallery": res, "queries": []})["gallery"], Q, return_per_query=True)
     # gallery Y, Z, W; ranked .95 Z, .9 Y FP, .4 Y TP; AP = 1/3, recall 1/2
     assert out["per_query"]["count_gt"][0] == 2
     assert out["mAP"] == pytest.approx(1 / 3 * 1 / 2)
@@ -174,7 +183,9 @@ def test_topk_ties_follow_gallery_order_and_ap_does_not():
     for order, top1 in ((["F.jpg", "T.jpg"], 0.0), (["T.jpg", "F.jpg"], 1.0)):
         gallery = [(n, G if n == "T.jpg" else None) for n in order]
         proto = SearchProtocol("cuhk_sysu", "t", "explicit", {}, [SearchQuery("q.jpg", G, 1, gallery=gallery)])
-        out = evaluate_search(proto, validate_results({"gallery": {"F.jpg": fp, "T.jpg": tp}, "queries": []})["gallery"], Q)
+        out = evaluate_search(
+            proto, validate_results({"gallery": {"F.jpg": fp, "T.jpg": tp}, "queries": []})["gallery"], Q
+        )
         assert out["top1"] == top1
         assert out["mAP"] == pytest.approx(0.5)  # one threshold: P = 1/2, R = 1
 
@@ -229,16 +240,17 @@ def reference_explicit(proto, res, qf, thresh):
 
 def random_explicit(rng, n_img=30, n_q=12, d=8, dup=True):
     names = [f"g{i}.jpg" for i in range(n_img)]
-    gt_boxes = {}
     queries = []
     res = {}
     for n in names:
         k = int(rng.integers(0, 5))
         xy = rng.uniform(0, 200, (k, 2))
         wh = rng.uniform(5, 60, (k, 2))
-        res[n] = {"boxes": np.concatenate([xy, xy + wh], 1).astype(np.float32),
-                  "scores": rng.uniform(0, 1, k).astype(np.float32),
-                  "feats": rng.normal(size=(k, d)).astype(np.float32)}
+        res[n] = {
+            "boxes": np.concatenate([xy, xy + wh], 1).astype(np.float32),
+            "scores": rng.uniform(0, 1, k).astype(np.float32),
+            "feats": rng.normal(size=(k, d)).astype(np.float32),
+        }
     for qi in range(n_q):
         sel = rng.choice(n_img, 10, replace=False)
         gallery = []
@@ -297,7 +309,10 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="NaN"):
         evaluate_search(proto, gal, np.array([[np.nan, 1]], np.float32))
     # an empty detection set is fine, in any of the usual shapes
-    ok = validate_results({"gallery": {"A.jpg": dets(), "B.jpg": {"boxes": np.zeros((0, 4)), "scores": [],
-                                                                  "feats": np.zeros((0, 2))}},
-                           "queries": [{"image": "q.jpg", "box": [0, 0, 1, 1], "feat": [1, 0]}]})
+    ok = validate_results(
+        {
+            "gallery": {"A.jpg": dets(), "B.jpg": {"boxes": np.zeros((0, 4)), "scores": [], "feats": np.zeros((0, 2))}},
+            "queries": [{"image": "q.jpg", "box": [0, 0, 1, 1], "feat": [1, 0]}],
+        }
+    )
     assert ok["gallery"]["A.jpg"]["feats"].shape == (0, 2)

@@ -1,16 +1,16 @@
 """PersonSearchEvaluator under detectron2's inference_on_dataset, printing, EvalHook and BestCheckpointer."""
+
 import logging
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from galw_d2.data.protocol import GalleryImage, SearchProtocol, SearchQuery
 from galw_d2.evaluation import PersonSearchEvaluator, evaluate_results, load_results
@@ -82,14 +82,25 @@ def inputs(upper_bound=False):
         if upper_bound:
             r["embed_boxes"] = torch.as_tensor(g.boxes)
         recs.append(r)
-    recs.append({"image_name": "Q.jpg", "file_name": "/nowhere/Q.jpg", "image_id": 99, "height": 200, "width": 300,
-                 "is_query": True, "query_index": 0, "embed_boxes": torch.tensor([P], dtype=torch.float32)})
+    recs.append(
+        {
+            "image_name": "Q.jpg",
+            "file_name": "/nowhere/Q.jpg",
+            "image_id": 99,
+            "height": 200,
+            "width": 300,
+            "is_query": True,
+            "query_index": 0,
+            "embed_boxes": torch.tensor([P], dtype=torch.float32),
+        }
+    )
     return [[r] for r in recs]  # batch size 1
 
 
 def test_inference_on_dataset_box_mode_printing_and_hooks(tmp_path, caplog):
-    ev = PersonSearchEvaluator("prw_test", output_dir=str(tmp_path), protocol=protocol(), save_results=True,
-                               det_thresh=0.5, distributed=False)
+    ev = PersonSearchEvaluator(
+        "prw_test", output_dir=str(tmp_path), protocol=protocol(), save_results=True, det_thresh=0.5, distributed=False
+    )
     res = inference_on_dataset(FakeModel(query_box_sim=1.0), inputs(), ev)
     assert set(res) == {"search", "detection"}
     assert res["search"]["mAP"] == pytest.approx(STANDARD_MAP)
@@ -128,8 +139,9 @@ def test_best_iou_query_mode():
     assert r_box["search"]["mAP"] != pytest.approx(STANDARD_MAP)
     # no overlapping detection: falls back to the box embedding, and says so
     fb = PersonSearchEvaluator("prw_test", protocol=protocol(), query_mode="best_iou", distributed=False)
-    r_fb = inference_on_dataset(FakeModel(query_box_sim=1.0, query_dets=([[200, 0, 260, 100]], [0.9], [0.0])),
-                                inputs(), fb)
+    r_fb = inference_on_dataset(
+        FakeModel(query_box_sim=1.0, query_dets=([[200, 0, 260, 100]], [0.9], [0.0])), inputs(), fb
+    )
     assert r_fb["search"]["mAP"] == pytest.approx(STANDARD_MAP) and r_fb["search"]["query-fallbacks"] == 1.0
 
 
@@ -169,7 +181,9 @@ def _gallery_only():
 def _oracle_results(protocol, drop=(), empty=()):
     """GT boxes as detections, one-hot-by-pid features (unlabeled: their own direction); images in
     ``drop`` get no entry, images in ``empty`` an entry without detections."""
-    pids = sorted({int(p) for g in protocol.gallery.values() for p in g.pids if p >= 0} | {q.pid for q in protocol.queries})
+    pids = sorted(
+        {int(p) for g in protocol.gallery.values() for p in g.pids if p >= 0} | {q.pid for q in protocol.queries}
+    )
     col = {p: i for i, p in enumerate(pids)}
     dim = len(pids) + sum(int((g.pids < 0).sum()) for g in protocol.gallery.values()) + 1
     extra = len(pids)
@@ -186,8 +200,11 @@ def _oracle_results(protocol, drop=(), empty=()):
                 extra += 1
         gallery[n] = {"boxes": g.boxes, "scores": np.ones(len(g.pids), np.float32), "feats": feats}
         if n in empty:
-            gallery[n] = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                          "feats": np.zeros((0, dim), np.float32)}
+            gallery[n] = {
+                "boxes": np.zeros((0, 4), np.float32),
+                "scores": np.zeros(0, np.float32),
+                "feats": np.zeros((0, dim), np.float32),
+            }
     queries = []
     for q in protocol.queries:
         v = np.zeros(dim, np.float32)
@@ -213,23 +230,32 @@ def test_evaluate_search_tool_on_synthps(synthps_tiny, tmp_path, fmt, gsize):
     assert proto.rule == ("explicit" if gsize == 50 else "all_but_query")
     path = save_results(str(tmp_path / "r.pth"), _oracle_results(proto))
     extra = ["--gallery-size", str(gsize)] if fmt == "cuhk_sysu" else []
-    out = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path, "--json", str(tmp_path / "o.json")]
-                               + extra)
+    out = evaluate_search.main(
+        ["--dataset", fmt, "--root", root, "--results", path, "--json", str(tmp_path / "o.json")] + extra
+    )
     # perfect detections and features: every query finds every image of its person
     assert out["search"]["mAP"] == pytest.approx(1.0) and out["search"]["top1"] == 1.0
     assert out["detection"]["recall"] == 1.0 and out["detection"]["AP"] == pytest.approx(1.0)
     assert json.load(open(tmp_path / "o.json"))["settings"]["det_thresh"] == 0.5
     # no detections in one image holding query 0's person: its queries' recall drops by 1 / count_gt
     q0 = proto.queries[0]
-    holder = next(n for n, g in proto.gallery.items() if n != q0.image and q0.pid in g.pids
-                  and (proto.rule != "explicit" or n in {m for m, b in q0.gallery if b is not None}))
+    holder = next(
+        n
+        for n, g in proto.gallery.items()
+        if n != q0.image
+        and q0.pid in g.pids
+        and (proto.rule != "explicit" or n in {m for m, b in q0.gallery if b is not None})
+    )
     path = save_results(str(tmp_path / "r2.pth"), _oracle_results(proto, empty={holder}))
     out2 = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path] + extra)
     assert out2["settings"]["missing_gallery_images"] == 0
     # the same image without an entry at all: a partial file is refused, or scored the same when allowed
     path = save_results(str(tmp_path / "r3.pth"), _oracle_results(proto, drop={holder}))
-    with pytest.raises(ValueError, match=rf"r3\.pth: 1 of {len(proto.gallery)} protocol gallery images have no "
-                                         rf"entry \(e\.g\. '{holder}'\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"r3\.pth: 1 of {len(proto.gallery)} protocol gallery images have no "
+        rf"entry \(e\.g\. '{holder}'\)",
+    ):
         evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path] + extra)
     out3 = evaluate_search.main(["--dataset", fmt, "--root", root, "--results", path, "--allow-partial"] + extra)
     assert out3["settings"]["missing_gallery_images"] == 1
@@ -251,16 +277,30 @@ def test_plots(tmp_path):
     from galw_d2.evaluation import validate_results
     from galw_d2.evaluation.plots import plot_map_vs_gallery_size, plot_topk_search
 
-    p = plot_map_vs_gallery_size({"GALW": {50: 0.95, 100: 0.94, 4000: 0.8, -1: 0.7}, "NAE": {50: 0.93, 100: 0.92}},
-                                 str(tmp_path / "fig4.png"))
+    p = plot_map_vs_gallery_size(
+        {"GALW": {50: 0.95, 100: 0.94, 4000: 0.8, -1: 0.7}, "NAE": {50: 0.93, 100: 0.92}}, str(tmp_path / "fig4.png")
+    )
     assert Image.open(p).size[0] > 100
     for n in protocol().gallery:
         Image.fromarray(np.full((200, 300, 3), 128, np.uint8)).save(tmp_path / n)
-    gal = {n: {"boxes": np.array(b, np.float32).reshape(-1, 4), "scores": np.array(s, np.float32),
-               "feats": np.array([f(x) for x in v], np.float32).reshape(-1, 2)} for n, (b, s, v) in DETS.items()}
+    gal = {
+        n: {
+            "boxes": np.array(b, np.float32).reshape(-1, 4),
+            "scores": np.array(s, np.float32),
+            "feats": np.array([f(x) for x in v], np.float32).reshape(-1, 2),
+        }
+        for n, (b, s, v) in DETS.items()
+    }
     res = validate_results({"gallery": gal, "queries": []})
-    p = plot_topk_search(protocol(), res["gallery"], np.array([[1.0, 0.0]], np.float32), [0], str(tmp_path),
-                         str(tmp_path / "fig5.png"), k=3)
+    p = plot_topk_search(
+        protocol(),
+        res["gallery"],
+        np.array([[1.0, 0.0]], np.float32),
+        [0],
+        str(tmp_path),
+        str(tmp_path / "fig5.png"),
+        k=3,
+    )
     assert Image.open(p).size[0] > 100
     with pytest.raises(ValueError, match="no curves"):
         plot_map_vs_gallery_size({}, str(tmp_path / "x.png"))

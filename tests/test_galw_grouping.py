@@ -1,13 +1,21 @@
 """GALW task grouping: slopes (Eq. 7), transform (Eq. 8), clustering, strategies, degenerate cases, tool."""
+
 import json
 import math
 import os
+
 import pytest
 from detectron2.config import get_cfg
 
 from galw_d2 import add_galw_config
-from galw_d2.galw.grouping import (cluster_slopes, compute_slopes, group_tasks, load_trends,
-                                   parse_manual_groups, transform_slopes)
+from galw_d2.galw.grouping import (
+    cluster_slopes,
+    compute_slopes,
+    group_tasks,
+    load_trends,
+    parse_manual_groups,
+    transform_slopes,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +91,10 @@ def test_other_strategies():
     assert sorted(t for g in r1 for t in g) == sorted(names)
     assert any(group_tasks(tr, 3, strategy="random", seed=k)["groups"] != r1 for k in range(2, 6))
     m = group_tasks(tr, 2, strategy="manual", manual="loss_triplet,t1; loss_rpn_loc,t5,loss_fcos_cls,loss_mine")
-    assert m["groups"] == [["loss_rpn_cls", "loss_triplet"], ["loss_rpn_loc", "loss_nae_oim", "loss_fcos_cls", "loss_mine"]]
+    assert m["groups"] == [
+        ["loss_rpn_cls", "loss_triplet"],
+        ["loss_rpn_loc", "loss_nae_oim", "loss_fcos_cls", "loss_mine"],
+    ]
     with pytest.raises(ValueError, match="missing"):
         parse_manual_groups("loss_rpn_cls", names)
 
@@ -99,14 +110,21 @@ def test_load_trends_errors(tmp_path):
 
 def test_tool_writes_outputs_and_phase2_yaml_merges(tmp_path, capsys):
     # t3 rises, the others fall at two speeds: the paper's "opposite trends" (Fig. 3)
-    curves = {"loss_rpn_cls": [3.0, 2.0, 1.5], "loss_rpn_loc": [2.9, 2.0, 1.4], "loss_roi_box_reg": [1.0, 2.0, 4.0],
-              "loss_nae_oim": [9.0, 5.0, 0.5], "loss_nae_det": [8.0, 4.5, 0.6]}
+    curves = {
+        "loss_rpn_cls": [3.0, 2.0, 1.5],
+        "loss_rpn_loc": [2.9, 2.0, 1.4],
+        "loss_roi_box_reg": [1.0, 2.0, 4.0],
+        "loss_nae_oim": [9.0, 5.0, 0.5],
+        "loss_nae_det": [8.0, 4.5, 0.6],
+    }
     tf = tmp_path / "trends.json"
     tf.write_text(json.dumps(_trends(curves)))
     out = tmp_path / "g"
     tool = _load_tool()
-    assert tool.main(["--trends", str(tf), "--num-groups", "3", "--log-base", "2.718281828459045",
-                      "--output", str(out)]) == 0
+    assert (
+        tool.main(["--trends", str(tf), "--num-groups", "3", "--log-base", "2.718281828459045", "--output", str(out)])
+        == 0
+    )
     res = json.loads((out / "groups.json").read_text())
     assert res["groups"] == [["loss_rpn_cls", "loss_rpn_loc"], ["loss_roi_box_reg"], ["loss_nae_oim", "loss_nae_det"]]
     assert res["slopes"]["loss_roi_box_reg"] == pytest.approx(1.5)
@@ -116,6 +134,21 @@ def test_tool_writes_outputs_and_phase2_yaml_merges(tmp_path, capsys):
     cfg = add_galw_config(get_cfg())
     cfg.merge_from_file(str(out / "galw_phase2.yaml"))
     assert cfg.GALW.STRATEGY == "galw" and [list(g) for g in cfg.GALW.GROUPS] == res["groups"]
-    assert tool.main(["--trends", str(tf), "--num-groups", "2", "--strategy", "manual", "--manual", "loss_x",
-                      "--output", str(out)]) == 2
+    assert (
+        tool.main(
+            [
+                "--trends",
+                str(tf),
+                "--num-groups",
+                "2",
+                "--strategy",
+                "manual",
+                "--manual",
+                "loss_x",
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "unknown ['loss_x']" in capsys.readouterr().err

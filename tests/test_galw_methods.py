@@ -1,6 +1,7 @@
 """The other multi-task methods (DWA, RLW, FAMO, GradNorm, torchjd aggregation) against hand computations
 on toy two/three-task problems, their checkpoint state, and a short ToyTrainer run of each through the
 config alone."""
+
 import math
 import os
 import sys
@@ -13,8 +14,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from galw_toy import ExactResumeToyTrainer, ToyTrainer, toy_cfg  # noqa: E402
 
 from galw_d2.engine import unwrap_galw  # noqa: E402
-from galw_d2.galw.weighting import (DWA, FAMO, RLW, WEIGHTING_REGISTRY, AggregationWeighting,  # noqa: E402
-                                    GradNorm)
+from galw_d2.galw.weighting import (
+    DWA,
+    FAMO,
+    RLW,
+    WEIGHTING_REGISTRY,
+    AggregationWeighting,  # noqa: E402
+    GradNorm,
+)
 
 # torchjd (Python >= 3.10) backs the aggregation strategies and the cross-checks
 needs_torchjd = pytest.mark.skipif(find_spec("torchjd") is None, reason="torchjd is not installed")
@@ -31,9 +38,13 @@ def L(*values):
 def test_dwa_weights_vs_hand_computation():
     T, E = 2.0, 2
     dwa = DWA(["a", "b"], temperature=T, epoch_iters=E)
-    seq = [(4.0, 2.0), (2.0, 2.0),  # epoch 0: averages (3, 2)
-           (1.5, 1.5), (1.5, 1.5),  # epoch 1: averages (1.5, 1.5)
-           (1.0, 1.0)]  # epoch 2: weights from r = (1.5/3, 1.5/2) = (0.5, 0.75)
+    seq = [
+        (4.0, 2.0),
+        (2.0, 2.0),  # epoch 0: averages (3, 2)
+        (1.5, 1.5),
+        (1.5, 1.5),  # epoch 1: averages (1.5, 1.5)
+        (1.0, 1.0),
+    ]  # epoch 2: weights from r = (1.5/3, 1.5/2) = (0.5, 0.75)
     seen = []
     for it, (a, b) in enumerate(seq):
         losses = L(a, b)
@@ -173,13 +184,13 @@ class _Linear2(torch.nn.Module):
     def __init__(self, rows, theta=(1.0, 1.0)):
         super().__init__()
         self.theta = torch.nn.Parameter(torch.tensor(theta))
-        self.heads = torch.nn.Parameter(torch.tensor([0.5, 2.0, -1.0][:len(rows)]))
+        self.heads = torch.nn.Parameter(torch.tensor([0.5, 2.0, -1.0][: len(rows)]))
         self.rows = torch.tensor(rows)
 
     def forward(self):
         # head terms: a^2, 3b, c^2 -> their gradients 2a, 3, 2c
         head = [self.heads[0] ** 2, 3 * self.heads[1], self.heads[2] ** 2 if len(self.rows) > 2 else None]
-        return {n: self.rows[i] @ self.theta + head[i] for i, n in enumerate("abc"[:len(self.rows)])}
+        return {n: self.rows[i] @ self.theta + head[i] for i, n in enumerate("abc"[: len(self.rows)])}
 
 
 def test_gradnorm_weight_gradient_and_renormalisation_vs_hand_computation():
@@ -207,7 +218,7 @@ def test_gradnorm_weight_gradient_and_renormalisation_vs_hand_computation():
     lt = [1.25 / 7.25, 6.2 / 7.0]
     r = [x / (sum(lt) / 2) for x in lt]
     G = [0.5 * 5, 1.5 * 1]
-    target = [(sum(G) / 2) * x ** 1.5 for x in r]
+    target = [(sum(G) / 2) * x**1.5 for x in r]
     expect = [math.copysign(5.0, G[0] - target[0]), math.copysign(1.0, G[1] - target[1])]
     assert gn.weight.grad.tolist() == pytest.approx(expect)
     assert net.theta.grad.tolist() == pytest.approx([0.5 * 3 + 1.5 * 1, 0.5 * 4])

@@ -1,4 +1,5 @@
 """Gradient-trend recorder: Eq. 6 against hand-computed norms, per-epoch averages, state, no side effects."""
+
 import math
 import os
 
@@ -78,8 +79,14 @@ def _stock_model_and_batch():
         inst = Instances((96, 128))
         inst.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 50.0, 90.0], [60.0, 5.0, 100.0, 80.0]]))
         inst.gt_classes = torch.zeros(2, dtype=torch.int64)
-        batch.append({"image": torch.randint(0, 255, (3, 96, 128), generator=g, dtype=torch.uint8),
-                      "instances": inst, "height": 96, "width": 128})
+        batch.append(
+            {
+                "image": torch.randint(0, 255, (3, 96, 128), generator=g, dtype=torch.uint8),
+                "instances": inst,
+                "height": 96,
+                "width": 128,
+            }
+        )
     return model, batch
 
 

@@ -1,5 +1,6 @@
 """The GALW step and its extension points: registered methods and grouping strategies used through the
 config alone, the probe-loss setting, AMP, full-model gradient clipping, divergence, the workflow API."""
+
 import json
 import math
 import os
@@ -70,7 +71,8 @@ def test_registered_method_is_usable_through_config_alone(tmp_path):
     assert isinstance(t._trainer, GALWStep)
     assert t.storage.histories()["galw/test/factor"].latest() == 0.25
     assert t.storage.histories()["galw/weighted_total"].latest() == pytest.approx(
-        0.25 * (t.storage.histories()["loss_a"].latest() + t.storage.histories()["loss_b"].latest()), rel=1e-5)
+        0.25 * (t.storage.histories()["loss_a"].latest() + t.storage.histories()["loss_b"].latest()), rel=1e-5
+    )
 
 
 def test_registered_grouping_is_usable_through_config_alone(tmp_path):
@@ -137,8 +139,11 @@ def test_full_model_gradient_clipping_vs_hand_computation():
 def test_divergence_names_the_loss_and_iteration(tmp_path):
     cfg = toy_cfg(tmp_path, strategy="fixed", record=False, max_iter=50)
     cfg.SOLVER.BASE_LR = 1e6
-    with pytest.raises(FloatingPointError, match=r"diverged at iteration \d+: (loss_[ab] = (nan|inf)|.*non-finite|"
-                                                 r"the sum of the losses is .* largest: loss_[ab] = )"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"diverged at iteration \d+: (loss_[ab] = (nan|inf)|.*non-finite|"
+        r"the sum of the losses is .* largest: loss_[ab] = )",
+    ):
         _train(cfg)
     cfg.GALW.DIVERGENCE_RATIO = 0.0  # the ratio test off: the non-finite checks still stop it
     with pytest.raises(FloatingPointError, match=r"diverged at iteration \d+: (loss_[ab] = (nan|inf)|.*non-finite)"):

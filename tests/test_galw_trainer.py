@@ -1,5 +1,6 @@
 """GALWTrainer: weighting parameters trained/logged/checkpointed, probes change nothing, exact resume,
 online regrouping, and a 2-process gloo run with synchronised sigma and identical trends."""
+
 import json
 import os
 import sys
@@ -144,9 +145,15 @@ def _gloo_worker(rank, world, tmp):
         first = t.model.module(next(galw_toy.toy_batches(100 + rank)))["losses"]["loss_a"].item()
         t.train()
         w = unwrap_galw(t.model).weighting
-        torch.save({"log_sigma": w.log_sigma.detach().clone(), "trends": t.recorder.trends(),
-                    "params": {k: v.clone() for k, v in unwrap_galw(t.model).state_dict().items()},
-                    "first_loss": first}, os.path.join(tmp, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "log_sigma": w.log_sigma.detach().clone(),
+                "trends": t.recorder.trends(),
+                "params": {k: v.clone() for k, v in unwrap_galw(t.model).state_dict().items()},
+                "first_loss": first,
+            },
+            os.path.join(tmp, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

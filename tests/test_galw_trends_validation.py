@@ -1,4 +1,5 @@
 """Trends files that would group tasks on meaningless numbers are refused with the task and epoch named."""
+
 import json
 
 import pytest
@@ -7,8 +8,12 @@ from galw_d2.galw.grouping import compute_slopes, load_trends, validate_trends
 
 
 def trends(**over):
-    t = {"tasks": ["a", "b"], "gradient_magnitude": {"a": [1.0, 0.8, 0.5], "b": [0.2, None, 0.3]},
-         "probe_counts": {"a": [2, 2, 1], "b": [2, 0, 1]}, "settings": {}}
+    t = {
+        "tasks": ["a", "b"],
+        "gradient_magnitude": {"a": [1.0, 0.8, 0.5], "b": [0.2, None, 0.3]},
+        "probe_counts": {"a": [2, 2, 1], "b": [2, 0, 1]},
+        "settings": {},
+    }
     t.update(over)
     return t
 
@@ -27,13 +32,16 @@ def test_valid_file_loads(tmp_path):
     assert load_trends(write(tmp_path, t))["tasks"] == ["a", "b"]
 
 
-@pytest.mark.parametrize("curve_b,pattern", [
-    ([0.2, "0.4", 0.3], r"task 'b' at epoch 1 is '0\.4' \(str\); expected a number or null"),
-    ([0.2, True, 0.3], r"task 'b' at epoch 1 is True \(bool\)"),
-    ([0.2, -0.1, 0.3], r"task 'b' at epoch 1 is -0\.1; a gradient magnitude .* is >= 0"),
-    ([0.0, 0.0, None], r"task 'b' is 0 at every epoch"),
-    ("0.2 0.3", r"curve of task 'b' must be a list"),
-])
+@pytest.mark.parametrize(
+    "curve_b,pattern",
+    [
+        ([0.2, "0.4", 0.3], r"task 'b' at epoch 1 is '0\.4' \(str\); expected a number or null"),
+        ([0.2, True, 0.3], r"task 'b' at epoch 1 is True \(bool\)"),
+        ([0.2, -0.1, 0.3], r"task 'b' at epoch 1 is -0\.1; a gradient magnitude .* is >= 0"),
+        ([0.0, 0.0, None], r"task 'b' is 0 at every epoch"),
+        ("0.2 0.3", r"curve of task 'b' must be a list"),
+    ],
+)
 def test_bad_values_name_task_and_epoch(tmp_path, curve_b, pattern):
     t = trends()
     t["gradient_magnitude"]["b"] = curve_b

@@ -1,14 +1,20 @@
 """GALW loss weighting: hand-computed totals, closed-form sigma gradients, groups, config building."""
+
 import math
 
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 
 from galw_d2 import add_galw_config
-from galw_d2.galw.weighting import (WEIGHTING_REGISTRY, FixedWeighting, UncertaintyWeighting,
-                                    build_loss_weighting, build_weighting_from_lists, parse_name_values)
+from galw_d2.galw.weighting import (
+    WEIGHTING_REGISTRY,
+    FixedWeighting,
+    UncertaintyWeighting,
+    build_loss_weighting,
+    build_weighting_from_lists,
+    parse_name_values,
+)
 from galw_d2.tasks import FIXED_WEIGHT_PRESETS, TASKS, fixed_weight_preset
 
 
@@ -30,8 +36,14 @@ def test_rulwf_and_ulwf_equal_hand_computation_k1_k2():
         w.log_sigma.copy_(torch.tensor(s))
     total, info = w(_L(cls=1.5, reg=0.8))
     # L exp(-2s)/k + s + |exp(s) - 1|
-    hand = (1.5 * math.exp(-0.6) / 1 + 0.3 + abs(math.exp(0.3) - 1)
-            + 0.8 * math.exp(1.4) / 2 - 0.7 + abs(math.exp(-0.7) - 1))
+    hand = (
+        1.5 * math.exp(-0.6) / 1
+        + 0.3
+        + abs(math.exp(0.3) - 1)
+        + 0.8 * math.exp(1.4) / 2
+        - 0.7
+        + abs(math.exp(-0.7) - 1)
+    )
     assert total.item() == pytest.approx(hand, rel=1e-6)
     assert info["galw/weight/reg"] == pytest.approx(math.exp(1.4) / 2)
     assert info["galw/sigma/cls"] == pytest.approx(math.exp(0.3))
@@ -63,8 +75,12 @@ def test_sigma_gradient_matches_closed_form():
     total.backward()
     # d/ds [G exp(-2s) + s + lam |exp(s) - 1|] = -2 G exp(-2s) + 1 + lam sign(exp(s)-1) exp(s)
     G = [1.2 / 1 + 3.0 / 2, 0.2]
-    expect = [-2 * G[i] * math.exp(-2 * s0[i].item()) + 1 + lam * math.copysign(1, math.exp(s0[i].item()) - 1)
-              * math.exp(s0[i].item()) for i in range(2)]
+    expect = [
+        -2 * G[i] * math.exp(-2 * s0[i].item())
+        + 1
+        + lam * math.copysign(1, math.exp(s0[i].item()) - 1) * math.exp(s0[i].item())
+        for i in range(2)
+    ]
     assert w.log_sigma.grad.tolist() == pytest.approx(expect, rel=1e-5)
     # dtotal/dL_i = exp(-2 s_g) / k_i
     assert losses["b"].grad.item() == pytest.approx(math.exp(-0.8) / 2)
@@ -131,11 +147,17 @@ def test_default_fixed_weights_are_table1_best_row():
     assert total.item() == pytest.approx(1.0 + 10 * 0.5 + 2.0 + 3.0)
 
 
-@pytest.mark.parametrize("preset,row", [
-    ("table1", (1, 1, 10, 1, 10, 10, 10, 10, 10, 1)),
-    ("table1_w3_1", (1, 1, 1, 1, 10, 10, 10, 10, 10, 1)),
-    ("roi_alignps_code", (1, 1, 10, 1, 1, 1, 1, 1, 1, 1)),
-    ("alignps", (1,) * 10), ("nae", (1,) * 10), ("ones", (1,) * 10)])
+@pytest.mark.parametrize(
+    "preset,row",
+    [
+        ("table1", (1, 1, 10, 1, 10, 10, 10, 10, 10, 1)),
+        ("table1_w3_1", (1, 1, 1, 1, 10, 10, 10, 10, 10, 1)),
+        ("roi_alignps_code", (1, 1, 10, 1, 1, 1, 1, 1, 1, 1)),
+        ("alignps", (1,) * 10),
+        ("nae", (1,) * 10),
+        ("ones", (1,) * 10),
+    ],
+)
 def test_fixed_weight_presets(preset, row):
     assert tuple(fixed_weight_preset(preset)[t.name] for t in TASKS[:10]) == row
     cfg = add_galw_config(get_cfg())

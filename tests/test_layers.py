@@ -1,5 +1,6 @@
 """The layer contracts of pyproject.toml (import-linter): they hold for the package, and the checker
 really fails on a deliberately wrong import (a lower layer importing a higher one)."""
+
 import os
 import shutil
 import subprocess
@@ -11,8 +12,14 @@ LINT = os.path.join(os.path.dirname(sys.executable), "lint-imports")
 
 def _lint(cwd, pythonpath):
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    return subprocess.run([LINT, "--config", os.path.join(cwd, "pyproject.toml")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [LINT, "--config", os.path.join(cwd, "pyproject.toml")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_layer_contracts_hold():

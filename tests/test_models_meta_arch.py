@@ -1,5 +1,6 @@
 """ROIAlignPS / NAE / AlignPS meta-architectures: configs build, a training step per model (all task
 names, finite, gradients everywhere), inference on a real photo, query path, checkpoint round-trip."""
+
 import glob
 import os
 import sys
@@ -22,9 +23,11 @@ from galw_d2.utils.state import apply_pending_updates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"ROIAlignPS": "roi_alignps", "NAE": "nae", "AlignPS": "alignps"}
-NAMES = {"ROIAlignPS": {t.name for t in tasks_of_branch(["nae", "alignps"])},
-         "NAE": {t.name for t in tasks_of_branch(["nae"])},
-         "AlignPS": {t.name for t in tasks_of_branch(["alignps"])}}
+NAMES = {
+    "ROIAlignPS": {t.name for t in tasks_of_branch(["nae", "alignps"])},
+    "NAE": {t.name for t in tasks_of_branch(["nae"])},
+    "AlignPS": {t.name for t in tasks_of_branch(["alignps"])},
+}
 H, W = 240, 352
 
 
@@ -43,8 +46,9 @@ def train_batch(seed=0):
     out = []
     for i in range(2):
         inst = Instances((H, W))
-        inst.gt_boxes = Boxes(torch.tensor([[20.0, 30.0, 80.0, 200.0], [150.0, 20.0, 210.0, 180.0],
-                                            [250.0, 40.0, 320.0, 230.0]]))
+        inst.gt_boxes = Boxes(
+            torch.tensor([[20.0, 30.0, 80.0, 200.0], [150.0, 20.0, 210.0, 180.0], [250.0, 40.0, 320.0, 230.0]])
+        )
         inst.gt_classes = torch.zeros(3, dtype=torch.long)
         inst.gt_pids = torch.tensor([0, -1, 2 + i])
         img = torch.randint(0, 255, (3, H, W), generator=g, dtype=torch.uint8)
@@ -80,8 +84,9 @@ def one_step(model, batch, opt=None):
     return losses
 
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_R50_24e_*.yaml"))) + \
-    sorted(glob.glob(os.path.join(ROOT, "configs", "synthps", "*_tiny_synthps.yaml")))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_R50_24e_*.yaml"))) + sorted(
+    glob.glob(os.path.join(ROOT, "configs", "synthps", "*_tiny_synthps.yaml"))
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, ROOT) for p in CONFIGS])
@@ -107,7 +112,9 @@ def test_train_step_losses_names_finite_weighted_and_gradients(arch):
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v), k
     # Every trainable parameter receives a gradient (none is intentionally unused).
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert missing == []
     if arch != "AlignPS":
         # The OIM table got its rows for ids 0, 2, 3 after the step (deferred update applied).
@@ -135,9 +142,16 @@ def test_models_return_unweighted_losses_whatever_the_weighting(strategy, preset
     assert not hasattr(m1, "loss_weights")
 
 
-@pytest.mark.parametrize("arch,choice,dim", [("ROIAlignPS", "concat", 64), ("ROIAlignPS", "nae", 32),
-                                             ("ROIAlignPS", "alignps", 32), ("NAE", "concat", 32),
-                                             ("AlignPS", "concat", 32)])
+@pytest.mark.parametrize(
+    "arch,choice,dim",
+    [
+        ("ROIAlignPS", "concat", 64),
+        ("ROIAlignPS", "nae", 32),
+        ("ROIAlignPS", "alignps", 32),
+        ("NAE", "concat", 32),
+        ("AlignPS", "concat", 32),
+    ],
+)
 def test_inference_on_grace_hopper_and_query_path(arch, choice, dim):
     torch.manual_seed(0)
     cfg = tiny_cfg(arch, EMBEDDING=choice)
@@ -149,8 +163,9 @@ def test_inference_on_grace_hopper_and_query_path(arch, choice, dim):
     img, h0, w0 = grace_hopper()
     query = torch.tensor([[100.0, 80.0, 400.0, 600.0]])  # original pixels (photo is 512x600)
     with torch.no_grad():
-        out = model([{"image": img, "height": h0, "width": w0, "embed_boxes": query},
-                     {"image": img, "height": h0, "width": w0}])
+        out = model(
+            [{"image": img, "height": h0, "width": w0, "embed_boxes": query}, {"image": img, "height": h0, "width": w0}]
+        )
     assert len(out) == 2 and "box_embeddings" not in out[1]
     inst = out[0]["instances"]
     assert inst.image_size == (h0, w0)
@@ -281,8 +296,11 @@ def test_imagenet_style_checkpoint_initialises_the_roi_res5(arch, tmp_path):
     """A backbone-only checkpoint (names stem/res2..res5, as detectron2's converted R-50.pkl) loads without
     ambiguity; the ROI head's res5 starts from its res5 (ROIAlignPS: copied from backbone.res5)."""
     cfg = tiny_cfg("AlignPS")
-    src = {k[len("backbone."):]: torch.rand_like(v) if v.is_floating_point() else v
-           for k, v in build_model(cfg).state_dict().items() if k.startswith("backbone.")}
+    src = {
+        k[len("backbone.") :]: torch.rand_like(v) if v.is_floating_point() else v
+        for k, v in build_model(cfg).state_dict().items()
+        if k.startswith("backbone.")
+    }
     torch.save({"model": src, "matching_heuristics": True}, str(tmp_path / "imagenet.pth"))
     model = build_model(tiny_cfg(arch))
     DetectionCheckpointer(model).load(str(tmp_path / "imagenet.pth"))

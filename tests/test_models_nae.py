@@ -1,4 +1,5 @@
 """NAE branch units: OIM table/queue update and loss by hand, norm-aware embedding, sampling, weights."""
+
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def test_oim_memory_update_matches_hand_computation():
     # Step 2: id 1 again with (1, 0): 0.5 * (0.6, 0.8) + 0.5 * (1, 0) = (0.8, 0.4) -> / sqrt(0.8) .
     mem.queue_update(torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]]), torch.tensor([1, -1, -1]))
     mem.apply_pending_updates()
-    n = math.sqrt(0.8 ** 2 + 0.4 ** 2)
+    n = math.sqrt(0.8**2 + 0.4**2)
     assert torch.allclose(mem.lut[1], torch.tensor([0.8 / n, 0.4 / n]))
     assert torch.equal(mem.lut[0], torch.zeros(2)) and torch.equal(mem.lut[2], torch.zeros(2))
     # Queue of 2 wraps around: slot 1 <- (0.6, 0.8), slot 0 <- (-1, 0), pointer back to 1.
@@ -93,9 +94,17 @@ def test_roi_sampling_thresholds_pids_carried_and_losses():
     gt.gt_attributes = torch.tensor([[1.0, 0.0]])
     # IoU with the GT: 0.81 (pos), 0.3 (ignored: 0.1..0.5), 0.0 (neg), 0.49 (ignored), 0.64 (pos)
     props = Instances((160, 160))
-    props.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 90.0, 90.0], [0.0, 0.0, 30.0, 100.0],
-                                               [120.0, 120.0, 150.0, 150.0], [0.0, 0.0, 70.0, 70.0],
-                                               [0.0, 0.0, 80.0, 80.0]]))
+    props.proposal_boxes = Boxes(
+        torch.tensor(
+            [
+                [0.0, 0.0, 90.0, 90.0],
+                [0.0, 0.0, 30.0, 100.0],
+                [120.0, 120.0, 150.0, 150.0],
+                [0.0, 0.0, 70.0, 70.0],
+                [0.0, 0.0, 80.0, 80.0],
+            ]
+        )
+    )
     props.objectness_logits = torch.zeros(5)
     feats = {"res4": torch.randn(1, 64, 10, 10)}
     with EventStorage(0):
@@ -103,8 +112,12 @@ def test_roi_sampling_thresholds_pids_carried_and_losses():
     s = sampled[0]
     boxes = {tuple(b.tolist()): int(c) for b, c in zip(s.proposal_boxes.tensor, s.gt_classes)}
     # GT appended (fg), the two >= 0.5 proposals fg, the < 0.1 one bg (class 1), the 0.1..0.5 ones dropped.
-    assert boxes == {(0.0, 0.0, 100.0, 100.0): 0, (0.0, 0.0, 90.0, 90.0): 0, (0.0, 0.0, 80.0, 80.0): 0,
-                     (120.0, 120.0, 150.0, 150.0): 1}
+    assert boxes == {
+        (0.0, 0.0, 100.0, 100.0): 0,
+        (0.0, 0.0, 90.0, 90.0): 0,
+        (0.0, 0.0, 80.0, 80.0): 0,
+        (120.0, 120.0, 150.0, 150.0): 1,
+    }
     assert s.has("gt_pids") and s.has("gt_attributes") and s.gt_attributes.shape == (4, 2)
     assert set(losses) == {"loss_roi_box_reg", "loss_nae_det", "loss_nae_oim"}
     assert all(torch.isfinite(v) for v in losses.values())

@@ -1,6 +1,7 @@
 """OIMNet++ re-id heads (MODEL.NAE.REID_HEAD): ProtoNorm statistics by hand (imbalanced identities),
 eval mode on running statistics, LOIM scores / loss weights / LUT keep factors by hand, a training
 step of NAE and ROI-AlignPS* per head, checkpoint round trip, and 2-process gloo synchronisation."""
+
 import math
 import os
 import sys
@@ -30,10 +31,17 @@ HEADS = ["oim", "protonorm", "loim", "oimnet++"]
 
 # Imbalanced batch, C = 2: identity 0 has three proposals, identity 1 one, one unlabeled person, two
 # background RoIs.
-X = torch.tensor([[5.0, 0.0], [7.0, 2.0], [6.0, 4.0],  # id 0
-                  [8.0, -2.0],                          # id 1
-                  [-4.0, 6.0],                          # unlabeled
-                  [0.0, 1.0], [2.0, 1.0]])              # background
+X = torch.tensor(
+    [
+        [5.0, 0.0],
+        [7.0, 2.0],
+        [6.0, 4.0],  # id 0
+        [8.0, -2.0],  # id 1
+        [-4.0, 6.0],  # unlabeled
+        [0.0, 1.0],
+        [2.0, 1.0],
+    ]
+)  # background
 PIDS = torch.tensor([0, 0, 0, 1, -1, -2, -2])
 
 
@@ -78,8 +86,9 @@ def test_protonorm_train_output_running_stats_and_eval_mode():
     # Eval: running statistics, no groups needed, a row's output does not depend on the batch.
     pn.eval()
     out = pn(X)
-    assert torch.allclose(out, (X - rm) / torch.sqrt(rv + 1e-5) * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -1.0]),
-                          atol=1e-5)
+    assert torch.allclose(
+        out, (X - rm) / torch.sqrt(rv + 1e-5) * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -1.0]), atol=1e-5
+    )
     assert torch.allclose(pn(X[:1]), out[:1])
     pn.train()
     with pytest.raises(ValueError, match="groups"):
@@ -113,10 +122,12 @@ def test_loim_scores_loss_weights_and_lut_keep_factors_by_hand():
     ious = torch.tensor([0.8, 0.55, 1.0])
     head = ReIDHead("loim", loim=True, loim_min_iou=0.7, loim_eps=0.1, loim_weight_loss=True)
     loss = head.loss_and_queue(emb, pids, ious, mem, scale=10.0)
+
     # Per-sample OIM: logits 10 * (x . lut rows, x . cq (zero row)); s = (0.8, 0.7) for the labeled two.
     def ce(x, y):
         lg = [10 * x[0], 10 * x[1], 0.0]
         return -(lg[y] - math.log(sum(math.exp(v) for v in lg)))
+
     l1, l2 = ce([0.6, 0.8], 1), ce([0.8, 0.6], 0)
     assert loss.item() == pytest.approx((0.8 * l1 + 0.7 * l2) / 1.5, rel=1e-5)
     # Without loss weighting (the public code): the plain mean.
@@ -153,8 +164,9 @@ def test_roi_heads_pass_matched_ious_to_loim():
     gt.gt_pids = torch.tensor([2])
     props = Instances((160, 160))
     # IoU with the GT: 0.81, 0.64 (positives), 0 (negative); the GT itself is appended (IoU 1).
-    props.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 90.0, 90.0], [0.0, 0.0, 80.0, 80.0],
-                                               [120.0, 120.0, 150.0, 150.0]]))
+    props.proposal_boxes = Boxes(
+        torch.tensor([[0.0, 0.0, 90.0, 90.0], [0.0, 0.0, 80.0, 80.0], [120.0, 120.0, 150.0, 150.0]])
+    )
     props.objectness_logits = torch.zeros(3)
     with EventStorage(0):
         sampled, losses = heads(None, {"res4": torch.randn(1, 64, 10, 10)}, [props], [gt])
@@ -235,8 +247,10 @@ def _gloo_worker(rank, world, init_file, out_dir):
         pn(x, prototype_groups(pids))
         mean, var = prototype_statistics(x, prototype_groups(pids))
         pn.apply_pending_updates()
-        torch.save({"state": pn.state_dict(), "mean": mean, "var_unbiased": var * 6 / 5},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"state": pn.state_dict(), "mean": mean, "var_unbiased": var * 6 / 5},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

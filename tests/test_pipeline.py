@@ -5,6 +5,7 @@ re-load and say what each phase did, checkpoints that load, the trends file and 
 to, metrics.json's contract, the figures and the report. Learning itself is the full demo's job
 (measured in the README); here the numbers only need to be well-formed and consistent.
 """
+
 import json
 import os
 import sys
@@ -87,8 +88,15 @@ def test_checkpoints_and_initial_weights(demo_out):
 
 
 def test_figures_and_report(demo_out):
-    for f in ("gallery_size_curve.png", "gallery_size_curve.json", "topk_search.png", "report.md",
-              "grouping/gradient_trends.png", "grouping/dendrogram.png", "log.txt"):
+    for f in (
+        "gallery_size_curve.png",
+        "gallery_size_curve.json",
+        "topk_search.png",
+        "report.md",
+        "grouping/gradient_trends.png",
+        "grouping/dendrogram.png",
+        "log.txt",
+    ):
         assert (demo_out / f).is_file() and (demo_out / f).stat().st_size > 0, f
     curve = json.loads((demo_out / "gallery_size_curve.json").read_text())["curves"]
     last = list(curve.values())[-1]
@@ -119,10 +127,19 @@ def test_train_net_eval_only_reproduces_the_demo_metrics(demo_out):
     spec.loader.exec_module(train_net)
     m = json.loads((demo_out / "metrics.json").read_text())
     test_name = m["settings"]["dataset_prefix"] + "_test"
-    args = default_argument_parser().parse_args([
-        "--config-file", str(demo_out / "configs" / "phase2.yaml"), "--eval-only",
-        "MODEL.WEIGHTS", str(demo_out / "phase2" / "model_final.pth"), "DATASETS.TEST", f"('{test_name}',)",
-        "OUTPUT_DIR", str(demo_out / "eval_only")])
+    args = default_argument_parser().parse_args(
+        [
+            "--config-file",
+            str(demo_out / "configs" / "phase2.yaml"),
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(demo_out / "phase2" / "model_final.pth"),
+            "DATASETS.TEST",
+            f"('{test_name}',)",
+            "OUTPUT_DIR",
+            str(demo_out / "eval_only"),
+        ]
+    )
     res = train_net.main(args)
     assert res["search"]["mAP"] == pytest.approx(m["search"]["mAP"], abs=1e-6)
     assert res["search"]["top1"] == pytest.approx(m["search"]["top1"], abs=1e-6)
@@ -133,9 +150,8 @@ def test_search_tool_on_own_photos(demo_out, tmp_path):
     """tools/search.py with the demo's checkpoint: a query box in one image, a folder of 3 images."""
     import shutil
 
-    from PIL import Image
-
     import search
+    from PIL import Image
 
     m = json.loads((demo_out / "metrics.json").read_text())
     imgs = sorted(os.listdir(os.path.join(m["settings"]["dataset_root"], "Image", "SSM")))[:4]
@@ -145,12 +161,28 @@ def test_search_tool_on_own_photos(demo_out, tmp_path):
     for p in src[1:]:
         shutil.copy(p, gal)
     w, h = Image.open(src[0]).size
-    common = ["--config-file", str(demo_out / "configs" / "phase2.yaml"), "--weights",
-              str(demo_out / "phase2" / "model_final.pth"), "--gallery", str(gal), "--topk", "3", "--det-thresh", "0"]
+    common = [
+        "--config-file",
+        str(demo_out / "configs" / "phase2.yaml"),
+        "--weights",
+        str(demo_out / "phase2" / "model_final.pth"),
+        "--gallery",
+        str(gal),
+        "--topk",
+        "3",
+        "--det-thresh",
+        "0",
+    ]
     # every location a candidate: the tool is under test here, not how much 4 iterations taught the model
     opts = ["MODEL.ALIGNPS.TEST_SCORE_THRESH", "0.0"]
-    assert search.main(common + ["--query-image", src[0], "--query-box", "10", "10", "60", "120",
-                                 "--output", str(tmp_path / "a")] + opts) == 0
+    assert (
+        search.main(
+            common
+            + ["--query-image", src[0], "--query-box", "10", "10", "60", "120", "--output", str(tmp_path / "a")]
+            + opts
+        )
+        == 0
+    )
     out = json.loads((tmp_path / "a" / "topk.json").read_text())
     assert out["num_gallery_images"] == 3 and len(out["hits"]) == min(3, out["num_detections"]) > 0
     sims = [hh["similarity"] for hh in out["hits"]]
@@ -164,8 +196,11 @@ def test_search_tool_on_own_photos(demo_out, tmp_path):
     assert search.main(common + ["--query-crop", str(crop), "--output", str(tmp_path / "b")] + opts) == 0
     assert json.loads((tmp_path / "b" / "topk.json").read_text())["query"]["box"] == [0.0, 0.0, 50.0, 110.0]
     with pytest.raises(ValueError, match="--query-box"):
-        search.main(common + ["--query-image", src[0], "--query-box", "10", "10", str(w + 5), "20",
-                              "--output", str(tmp_path / "c")] + opts)
+        search.main(
+            common
+            + ["--query-image", src[0], "--query-box", "10", "10", str(w + 5), "20", "--output", str(tmp_path / "c")]
+            + opts
+        )
 
 
 def test_resume_skips_finished_phases(demo_out):

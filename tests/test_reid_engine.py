@@ -1,5 +1,6 @@
 """Mancs on torchreid end to end (galw_d2.reid): SynthPS export through torchreid's data manager, the
 engine's weighted step, a tiny training run against chance, resume, recording and CLI overrides."""
+
 import json
 import os
 import sys
@@ -34,9 +35,18 @@ def test_export_loads_through_torchreid(data_root):
     folder = os.path.join(data_root, "synthps_reid_tiny")
     meta = json.load(open(os.path.join(folder, "export_meta.json")))
     register_synthps_reid("synthps_reid_tiny")
-    dm = ImageDataManager(root=data_root, sources="synthps_reid_tiny", height=64, width=32, transforms=None,
-                          batch_size_train=8, train_sampler="RandomIdentitySampler", num_instances=4, workers=0,
-                          use_gpu=False)
+    dm = ImageDataManager(
+        root=data_root,
+        sources="synthps_reid_tiny",
+        height=64,
+        width=32,
+        transforms=None,
+        batch_size_train=8,
+        train_sampler="RandomIdentitySampler",
+        num_instances=4,
+        workers=0,
+        use_gpu=False,
+    )
     assert dm.num_train_pids == meta["train_ids"] == 8
     assert len(dm.train_loader.dataset) == meta["images"]["train"]
     q = MarketLayoutDataset.parse_dir(os.path.join(folder, "query"))
@@ -77,8 +87,9 @@ def test_engine_returns_three_losses_and_weighted_total(data_root, tmp_path, str
     total, info = engine.weighting(losses)
     assert float(total.detach()) == pytest.approx(engine.last_step["total"], rel=1e-5)
     if strategy == "fixed":
-        assert engine.last_step["total"] == pytest.approx(out["loss_rank"] + out["loss_cls"] + 0.2 * out["loss_att"],
-                                                          rel=1e-5)
+        assert engine.last_step["total"] == pytest.approx(
+            out["loss_rank"] + out["loss_cls"] + 0.2 * out["loss_att"], rel=1e-5
+        )
     else:
         assert "galw/sigma/loss_att" in engine.last_step
         # log sigma is optimised: it moved after one step
@@ -110,8 +121,10 @@ def _chance(folder, draws=200):
     g = MarketLayoutDataset.parse_dir(os.path.join(folder, "bounding_box_test"))
     arr = lambda items, i: np.array([x[i] for x in items])  # noqa: E731
     rng = np.random.default_rng(0)
-    res = [evaluate_rank(rng.random((len(q), len(g))), arr(q, 1), arr(g, 1), arr(q, 2), arr(g, 2), max_rank=10)
-           for _ in range(draws)]
+    res = [
+        evaluate_rank(rng.random((len(q), len(g))), arr(q, 1), arr(g, 1), arr(q, 2), arr(g, 2), max_rank=10)
+        for _ in range(draws)
+    ]
     return 100 * float(np.mean([m for _, m in res])), 100 * float(np.mean([c[0] for c, _ in res]))
 
 
@@ -136,8 +149,9 @@ def test_tiny_run_beats_chance_records_and_resumes(data_root, tmp_path):
     run_training(_cfg(data_root, out2, "SOLVER.MAX_EPOCH", "2", "GALW.STRATEGY", "rulwf"), progress=False)
     ck = torch.load(out2 / "last_checkpoint.pth", weights_only=False)
     assert ck["epoch"] == 2 and "log_sigma" in ck["weighting"]
-    m3 = run_training(_cfg(data_root, out2, "SOLVER.MAX_EPOCH", "3", "GALW.STRATEGY", "rulwf"), resume=True,
-                      progress=False)
+    m3 = run_training(
+        _cfg(data_root, out2, "SOLVER.MAX_EPOCH", "3", "GALW.STRATEGY", "rulwf"), resume=True, progress=False
+    )
     assert m3["start_epoch"] == 2 and torch.load(out2 / "last_checkpoint.pth", weights_only=False)["epoch"] == 3
 
 
@@ -148,15 +162,44 @@ def test_train_reid_cli_overrides(data_root, tmp_path, capsys):
     finally:
         sys.path.pop(0)
     out = tmp_path / "cli"
-    rc = train_reid.main(["--config-file", TINY, "--output", str(out), "--no-progress", "DATA.ROOT", data_root,
-                          "SOLVER.MAX_EPOCH", "1", "GALW.STRATEGY", "ulwf"])
+    rc = train_reid.main(
+        [
+            "--config-file",
+            TINY,
+            "--output",
+            str(out),
+            "--no-progress",
+            "DATA.ROOT",
+            data_root,
+            "SOLVER.MAX_EPOCH",
+            "1",
+            "GALW.STRATEGY",
+            "ulwf",
+        ]
+    )
     assert rc == 0
     m = json.load(open(out / "metrics.json"))
     assert m["weighting"]["strategy"] == "ulwf" and set(m["weighting"]["sigma"]) == set(REID_TASKS)
     # --eval-only on the final checkpoint gives the same numbers
     out2 = tmp_path / "eval"
-    assert train_reid.main(["--config-file", TINY, "--output", str(out2), "--no-progress", "--eval-only",
-                            str(out / "model_final.pth"), "DATA.ROOT", data_root, "GALW.STRATEGY", "ulwf"]) == 0
+    assert (
+        train_reid.main(
+            [
+                "--config-file",
+                TINY,
+                "--output",
+                str(out2),
+                "--no-progress",
+                "--eval-only",
+                str(out / "model_final.pth"),
+                "DATA.ROOT",
+                data_root,
+                "GALW.STRATEGY",
+                "ulwf",
+            ]
+        )
+        == 0
+    )
     m2 = json.load(open(out2 / "metrics.json"))
     assert (m2["mAP"], m2["rank1"]) == (m["mAP"], m["rank1"])
     assert m2["weighting"]["sigma"] == m["weighting"]["sigma"]  # the weighting state is in the checkpoint
@@ -172,15 +215,20 @@ def test_market1501_official_layout_through_build_datamanager(tmp_path):
 
     base = tmp_path / "market1501" / "Market-1501-v15.09.15"
     rng = np.random.default_rng(0)
-    layout = {"bounding_box_train": [(1, 1), (1, 2), (2, 1), (2, 3), (3, 2), (3, 4)],
-              "query": [(7, 1), (8, 2)],
-              "bounding_box_test": [(7, 2), (8, 3), (0, 1), (-1, 1)]}
+    layout = {
+        "bounding_box_train": [(1, 1), (1, 2), (2, 1), (2, 3), (3, 2), (3, 4)],
+        "query": [(7, 1), (8, 2)],
+        "bounding_box_test": [(7, 2), (8, 3), (0, 1), (-1, 1)],
+    }
     for folder, items in layout.items():
         (base / folder).mkdir(parents=True)
         for k, (pid, cam) in enumerate(items):
             img = Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8))
-            img.save(base / folder / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg" if pid >= 0 else
-                     base / folder / f"-1_c{cam}s1_{k:06d}_00.jpg")
+            img.save(
+                base / folder / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg"
+                if pid >= 0
+                else base / folder / f"-1_c{cam}s1_{k:06d}_00.jpg"
+            )
     cfg = setup_cfg(TINY, ["DATA.ROOT", str(tmp_path), "DATA.SOURCES", "['market1501']", "DATA.P", "2", "DATA.K", "2"])
     dm = build_datamanager(cfg)
     assert dm.num_train_pids == 3
@@ -195,8 +243,9 @@ def test_other_registered_methods_train_mancs_through_config_alone(data_root, tm
     after_step hooks run; GradNorm / aggregation get the trunk as their shared parameters)."""
     if strategy == "upgrad":
         pytest.importorskip("torchjd")
-    engine = build_engine(_cfg(data_root, tmp_path, "GALW.STRATEGY", strategy, "GALW.DWA.EPOCH_ITERS", "1"),
-                          progress=False)
+    engine = build_engine(
+        _cfg(data_root, tmp_path, "GALW.STRATEGY", strategy, "GALW.DWA.EPOCH_ITERS", "1"), progress=False
+    )
     data = next(iter(engine.train_loader))
     before = {k: v.clone() for k, v in engine.model.state_dict().items()}
     for _ in range(2):

@@ -1,4 +1,5 @@
 """Mancs parts (galw_d2.reid): FAB, curriculum sampling, losses against hand values, the model."""
+
 import math
 
 import pytest
@@ -35,7 +36,7 @@ def test_fab_output_is_f_times_mask_plus_f():
 def test_curriculum_mu_sigma_hand_values():
     n = 20
     assert curriculum_mu_sigma(0, n, **PAPER) == pytest.approx((20.0, 15.0 / 0.001))
-    assert curriculum_mu_sigma(15, n, **PAPER) == pytest.approx((10.0, 15.0 * 0.001 ** -0.5))
+    assert curriculum_mu_sigma(15, n, **PAPER) == pytest.approx((10.0, 15.0 * 0.001**-0.5))
     assert curriculum_mu_sigma(30, n, **PAPER) == pytest.approx((0.0, 15.0))
     assert curriculum_mu_sigma(60, n, **PAPER) == pytest.approx((0.0, 0.015))
     assert curriculum_mu_sigma(45, n, **PAPER)[0] == 0.0  # [.]_+ after t0
@@ -46,7 +47,7 @@ def test_curriculum_mu_sigma_hand_values():
 
 def _formula_probs(t, n):
     mu, sigma = curriculum_mu_sigma(t, n, **PAPER)
-    dens = [math.exp(-((r - mu) ** 2) / (2 * sigma ** 2)) for r in range(n)]
+    dens = [math.exp(-((r - mu) ** 2) / (2 * sigma**2)) for r in range(n)]
     return torch.tensor(dens, dtype=torch.float64) / sum(dens)
 
 
@@ -115,8 +116,16 @@ def test_focal_and_attention_losses_hand_values():
 
 def test_mancs_model_outputs_and_torchreid_factory():
     torch.manual_seed(0)
-    model = build_mancs(5, "resnet18", widths=[8, 16, 16, 32], blocks=[1, 1, 1, 1], fab_stages=["layer3", "layer4"],
-                        fab_reduction=4, rank_dim=12, cls_dim=10)
+    model = build_mancs(
+        5,
+        "resnet18",
+        widths=[8, 16, 16, 32],
+        blocks=[1, 1, 1, 1],
+        fab_stages=["layer3", "layer4"],
+        fab_reduction=4,
+        rank_dim=12,
+        cls_dim=10,
+    )
     x = torch.randn(3, 3, 64, 32)
     out = model(x)
     assert set(out) == {"rank", "cls_logits", "att_logits"}

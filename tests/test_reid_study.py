@@ -1,4 +1,5 @@
 """tools/reid_study.py: arm parsing and the paired summary (hand-made metrics files, no training)."""
+
 import json
 import os
 import sys
@@ -28,8 +29,10 @@ def test_summary_pairs_by_seed(tmp_path):
         for s, v in per.items():
             d = work / arm / f"seed{s}"
             d.mkdir(parents=True)
-            json.dump({"mAP": v, "rank1": v + 10, "rank5": 99.0, "rank10": 100.0, "wall_time_s": 1.0},
-                      open(d / "metrics.json", "w"))
+            json.dump(
+                {"mAP": v, "rank1": v + 10, "rank5": 99.0, "rank10": 100.0, "wall_time_s": 1.0},
+                open(d / "metrics.json", "w"),
+            )
     args = types.SimpleNamespace(work=str(work), config_file=os.path.join(REPO, "configs", "reid", "x.yaml"), opts=[])
     s = reid_study.summarize(args, ["fixed", "ulwf"], [0, 1, 2], None)
     p = s["arms"]["ulwf"]["paired"]["fixed"]["mAP"]

@@ -1,6 +1,7 @@
 """Exact resume with the real trainer and data loader: the resumable sampler reproduces detectron2's
 index stream and grouping, and a ``tools/train_net.py`` run killed with SIGKILL mid-run and resumed
 ends with the same weights as the uninterrupted run (ROI-AlignPS* tiny on SynthPS tiny)."""
+
 import os
 import signal
 import subprocess
@@ -80,8 +81,13 @@ def test_augmentation_depends_on_the_stream_position_only(synthps_tiny):
     from PIL import Image
 
     w, h = Image.open(img).size
-    rec = {"file_name": img, "width": w, "height": h, "image_id": 0,
-           "annotations": [{"bbox": [1, 1, 20, 40], "bbox_mode": 0, "category_id": 0, "person_id": 0}]}
+    rec = {
+        "file_name": img,
+        "width": w,
+        "height": h,
+        "image_id": 0,
+        "annotations": [{"bbox": [1, 1, 20, 40], "bbox_mode": 0, "category_id": 0, "person_id": 0}],
+    }
     ds = PositionSeededDataset([rec], PersonSearchDatasetMapper(cfg, is_train=True), seed=3)
     np.random.seed(0)
     before = np.random.get_state()[1].copy()
@@ -95,16 +101,43 @@ def test_augmentation_depends_on_the_stream_position_only(synthps_tiny):
 
 # ---------------------------------------------------------------------- kill -9 and resume
 def _train_net(out_dir, datasets, max_iter, resume=False):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG] + \
-          (["--resume"] if resume else []) + [
-        "OUTPUT_DIR", str(out_dir), "DATASETS.TRAIN", "('synthps_tiny_cuhk_train',)", "DATASETS.TEST", "()",
-        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.WARMUP_ITERS", "2",
-        "SOLVER.STEPS", "(8,)", "SEED", "5", "TEST.EVAL_PERIOD", "0",
-        # aspect grouping and flips on: both must be reproduced across the kill
-        "DATALOADER.ASPECT_RATIO_GROUPING", "True", "INPUT.PERSON_SEARCH.FLIP_PROB", "0.5",
-        "INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE", "(160, 224)"]
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = (
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG]
+        + (["--resume"] if resume else [])
+        + [
+            "OUTPUT_DIR",
+            str(out_dir),
+            "DATASETS.TRAIN",
+            "('synthps_tiny_cuhk_train',)",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            str(max_iter),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "3",
+            "SOLVER.WARMUP_ITERS",
+            "2",
+            "SOLVER.STEPS",
+            "(8,)",
+            "SEED",
+            "5",
+            "TEST.EVAL_PERIOD",
+            "0",
+            # aspect grouping and flips on: both must be reproduced across the kill
+            "DATALOADER.ASPECT_RATIO_GROUPING",
+            "True",
+            "INPUT.PERSON_SEARCH.FLIP_PROB",
+            "0.5",
+            "INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE",
+            "(160, 224)",
+        ]
+    )
+    env = dict(
+        os.environ,
+        DETECTRON2_DATASETS=str(datasets),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

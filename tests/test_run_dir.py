@@ -1,6 +1,7 @@
 """The demo's guards, all before any dataset generation or training: iteration counts and the number
 of groups; --resume only onto a run with the same settings (run.json); one demo per --output (lock);
 no silent replacement of an earlier run. Plus a truncated training image named in the error."""
+
 import json
 import os
 import signal
@@ -23,11 +24,14 @@ def _demo(argv):
     return demo.main(argv)
 
 
-@pytest.mark.parametrize("opt, value, match", [
-    ("--phase1-iters", "0", r"--phase1-iters 0: each phase needs at least 1 iteration"),
-    ("--phase2-iters", "-3", r"--phase2-iters -3: each phase needs at least 1 iteration"),
-    ("--num-groups", "0", r"--num-groups 0: GALW needs at least 1 task group"),
-])
+@pytest.mark.parametrize(
+    "opt, value, match",
+    [
+        ("--phase1-iters", "0", r"--phase1-iters 0: each phase needs at least 1 iteration"),
+        ("--phase2-iters", "-3", r"--phase2-iters -3: each phase needs at least 1 iteration"),
+        ("--num-groups", "0", r"--num-groups 0: GALW needs at least 1 task group"),
+    ],
+)
 def test_bad_counts_fail_before_any_work(tmp_path, opt, value, match):
     data = tmp_path / "data"
     with pytest.raises(ValueError, match=match):
@@ -50,8 +54,9 @@ def test_resume_with_another_seed_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"started with other settings \(seed: 0 in the folder, 1 now\)"):
         _demo(["--quick", "--output", str(tmp_path / "out"), "--data-dir", str(data), "--seed", "1", "--resume"])
     with pytest.raises(ValueError, match=r"phase2_iters: 4 in the folder, 7 now"):
-        _demo(["--quick", "--output", str(tmp_path / "out"), "--data-dir", str(data), "--phase2-iters", "7",
-               "--resume"])
+        _demo(
+            ["--quick", "--output", str(tmp_path / "out"), "--data-dir", str(data), "--phase2-iters", "7", "--resume"]
+        )
     assert not data.exists()
     with pytest.raises(FileNotFoundError, match=r"has no run.json"):
         _demo(["--quick", "--output", str(tmp_path / "empty"), "--data-dir", str(data), "--resume"])
@@ -68,8 +73,10 @@ def test_rerun_without_resume_is_refused(tmp_path):
 
 def test_two_runs_on_one_output_are_refused(tmp_path):
     out = tmp_path / "out"
-    code = ("import sys, time; from galw_d2.apps.run_dir import claim_output_dir; "
-            "c = claim_output_dir(sys.argv[1], {'seed': 0}, resume=False); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from galw_d2.apps.run_dir import claim_output_dir; "
+        "c = claim_output_dir(sys.argv[1], {'seed': 0}, resume=False); print('locked', flush=True); time.sleep(60)"
+    )
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     other = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env, stdout=subprocess.PIPE, text=True)
     try:

@@ -1,13 +1,12 @@
 """The dependency stack works: imports, configs, a stock detectron2 model on CPU, torchvision ops."""
+
 import glob
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -122,8 +121,9 @@ def test_torchvision_roi_align_cpu():
     feat = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
     # One bin covering the whole 4x4 map (aligned: pixel centres at +0.5): sampling 2x2 points at
     # (1,1),(1,3),(3,1),(3,3) in pixel-edge coords -> values interpolated at centres-0.5 -> mean 7.5.
-    out = roi_align(feat, [torch.tensor([[0.0, 0.0, 4.0, 4.0]])], output_size=1, spatial_scale=1.0,
-                    sampling_ratio=2, aligned=True)
+    out = roi_align(
+        feat, [torch.tensor([[0.0, 0.0, 4.0, 4.0]])], output_size=1, spatial_scale=1.0, sampling_ratio=2, aligned=True
+    )
     assert out.shape == (1, 1, 1, 1)
     assert out.item() == pytest.approx(7.5)
 
@@ -150,8 +150,11 @@ def test_torchvision_deform_conv2d_cpu_matches_conv_with_zero_offset():
 
 def test_patch_script_rejects_unexpected_sdist(tmp_path):
     (tmp_path / "setup.py").write_text("setup()\n")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/patch_detectron2_sdist.py"), str(tmp_path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools/patch_detectron2_sdist.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     assert "setup.py" in r.stderr and "does not contain" in r.stderr
 
@@ -159,7 +162,9 @@ def test_patch_script_rejects_unexpected_sdist(tmp_path):
 def test_patch_script_patches_and_is_idempotent(tmp_path):
     files = {
         "setup.py": "setup(\n    ext_modules=get_extensions(),\n)\n",
-        "detectron2/layers/deform_conv.py": "import torch\nfrom detectron2 import _C\n\ndef f():\n    from detectron2 import _C\n",
+        "detectron2/layers/deform_conv.py": (
+            "import torch\nfrom detectron2 import _C\n\ndef f():\n    from detectron2 import _C\n"
+        ),
         "detectron2/layers/rotated_boxes.py": "from detectron2 import _C\n",
         "detectron2/layers/roi_align_rotated.py": "from detectron2 import _C\n",
         "detectron2/evaluation/fast_eval_api.py": "from detectron2 import _C\n",
@@ -181,8 +186,12 @@ def test_patch_script_patches_and_is_idempotent(tmp_path):
 
 
 def test_stock_smoke_prints_finite_losses(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/smoke_stock.py"), "--iters", "2", "--output", str(tmp_path)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools/smoke_stock.py"), "--iters", "2", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("[demo] iter")]
     assert len(lines) == 2 and "NON-FINITE" not in r.stdout

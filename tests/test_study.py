@@ -1,5 +1,6 @@
 """The study's statistics (hand-computed intervals and Rand indices) and the --quick study end to end,
 including resume (a rerun redoes nothing finished)."""
+
 import json
 import math
 import os
@@ -78,7 +79,10 @@ def test_quick_study_summary_contract(quick_study):
     # phase 1 is the fixed arm (recording does not change training), grouped arms use the seed's groups
     r = json.loads((out / "seed0" / "fixed" / "result.json").read_text())
     g = json.loads((out / "seed0" / "galw" / "result.json").read_text())
-    assert r["phase1"] is True and g["groups"] == json.loads((out / "seed0" / "grouping" / "groups.json").read_text())["groups"]
+    assert (
+        r["phase1"] is True
+        and g["groups"] == json.loads((out / "seed0" / "grouping" / "groups.json").read_text())["groups"]
+    )
     assert s["group_stability"]["mean_ari"] is not None and -1 <= s["group_stability"]["mean_ari"] <= 1
     assert (out / "forest.png").stat().st_size > 0 and "| galw |" in (out / "report.md").read_text()
 

@@ -1,5 +1,6 @@
 """SynthPS: generator invariants, official .mat/.txt structures, determinism, round trip through the
 real CUHK-SYSU / PRW loaders, attributes, command line."""
+
 import hashlib
 import importlib.util
 import json
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from galw_d2.data.synthps import (ATTRIBUTE_NAMES, PRESETS, generate_synthps, load_truth, render_preview,
-                                  summarize)
+from galw_d2.data.synthps import ATTRIBUTE_NAMES, PRESETS, generate_synthps, load_truth, render_preview, summarize
 from galw_d2.data.synthps.appearance import Appearance, attributes_of, sample_identities
 from galw_d2.data.synthps.render import draw_person
 
@@ -35,9 +35,24 @@ def _tree_digest(root):
 
 # ------------------------------------------------------------------------------------------- appearance
 def test_attributes_of_hand_built_appearance():
-    app = Appearance(0.25, 0.07, 0.3, (200, 150, 110), (20, 15, 10), long_hair=True, hat=False,
-                     hat_colour="red", upper="navy", upper_pattern="stripes", upper2="white", lower="beige",
-                     lower_type="skirt", bag="backpack", bag_colour="black", shoes=(25, 25, 25))
+    app = Appearance(
+        0.25,
+        0.07,
+        0.3,
+        (200, 150, 110),
+        (20, 15, 10),
+        long_hair=True,
+        hat=False,
+        hat_colour="red",
+        upper="navy",
+        upper_pattern="stripes",
+        upper2="white",
+        lower="beige",
+        lower_type="skirt",
+        bag="backpack",
+        bag_colour="black",
+        shoes=(25, 25, 25),
+    )
     attrs = dict(zip(ATTRIBUTE_NAMES, attributes_of(app)))
     expected_on = {"long_hair", "backpack", "upper_striped", "upper_blue", "lower_light", "skirt"}
     assert {k for k, v in attrs.items() if v} == expected_on
@@ -134,8 +149,10 @@ def test_prw_files_have_the_official_structure(synthps_tiny):
         assert rows.shape == (len(s.persons), 5) and rows.dtype == np.float64
         for r, p in zip(rows, s.persons):
             assert r[0] == (p.pid if p.pid >= 0 else -2) and tuple(r[1:].astype(int)) == p.box
-    for split, f, key in (("train", "frame_train.mat", "img_index_train"),
-                          ("test", "frame_test.mat", "img_index_test")):
+    for split, f, key in (
+        ("train", "frame_train.mat", "img_index_train"),
+        ("test", "frame_test.mat", "img_index_test"),
+    ):
         arr = scipy.io.loadmat(os.path.join(root, f))[key]
         assert arr.shape[1] == 1 and arr.dtype == object
         names = [str(x[0][0]) for x in arr]
@@ -183,8 +200,10 @@ def test_truth_invariants(synthps_tiny, fmt):
         assert truth.identity_split[q.identity] == "test"
         others = [s for s, _ in inst[q.identity] if s.index != q.scene]
         assert others
-    assert sum(any(s.camera != truth.scenes[q.scene].camera for s, _ in inst[q.identity]) for q in truth.queries) \
+    assert (
+        sum(any(s.camera != truth.scenes[q.scene].camera for s, _ in inst[q.identity]) for q in truth.queries)
         >= len(truth.queries) - 1
+    )
     summ = summarize(truth)
     assert summ["train"]["images"] == preset.train_images and summ["test"]["images"] == preset.test_images
     assert summ["queries"] == preset.test_ids
@@ -281,16 +300,19 @@ def test_round_trip_cuhk_sysu(synthps_tiny):
         assert proto.rule == "explicit" and len(proto.queries) == len(truth.queries)
         for pq, q, glist in zip(proto.queries, truth.queries, lists):
             assert pq.pid == gmap[q.identity] and pq.image == truth.scenes[q.scene].name
-            assert [(n, None if b is None else tuple(b.tolist())) for n, b in pq.gallery] == \
-                [(n, None if b is None else _xyxy(b)) for n, b in glist]
+            assert [(n, None if b is None else tuple(b.tolist())) for n, b in pq.gallery] == [
+                (n, None if b is None else _xyxy(b)) for n, b in glist
+            ]
     assert set(truth.subsets) == {"Occlusion", "Resolution"}  # seed 0 tiny has both
     for name, (ks, g) in truth.subsets.items():
         proto = load_cuhk_sysu_protocol(root, subset=name)
         assert proto.name == name and proto.rule == "explicit"
-        assert [(q.image, q.pid) for q in proto.queries] == \
-            [(truth.scenes[truth.queries[k].scene].name, gmap[truth.queries[k].identity]) for k in ks]
-        assert [[(n, None if b is None else tuple(b.tolist())) for n, b in q.gallery] for q in proto.queries] == \
-            [[(n, None if b is None else _xyxy(b)) for n, b in truth.galleries[g][k]] for k in ks]
+        assert [(q.image, q.pid) for q in proto.queries] == [
+            (truth.scenes[truth.queries[k].scene].name, gmap[truth.queries[k].identity]) for k in ks
+        ]
+        assert [[(n, None if b is None else tuple(b.tolist())) for n, b in q.gallery] for q in proto.queries] == [
+            [(n, None if b is None else _xyxy(b)) for n, b in truth.galleries[g][k]] for k in ks
+        ]
     full = load_cuhk_sysu_protocol(root, gallery_size=-1)
     assert full.rule == "all_but_query" and set(full.gallery) == {s.name for s in truth.scenes if s.split == "test"}
 
@@ -319,10 +341,12 @@ def test_round_trip_prw(synthps_tiny):
         assert r["query_boxes"].tolist() == [list(_xyxy(p.box))]
     for cross, rule in ((False, "all_but_query"), (True, "other_cameras")):
         proto = load_prw_protocol(root, cross_camera=cross)
-        assert proto.rule == rule and [(q.image, q.pid) for q in proto.queries] == \
-            [(truth.scenes[q.scene].name, truth.scenes[q.scene].persons[q.person].pid) for q in truth.queries]
-        assert {n: g.camera for n, g in proto.gallery.items()} == \
-            {s.name: s.camera for s in truth.scenes if s.split == "test"}
+        assert proto.rule == rule and [(q.image, q.pid) for q in proto.queries] == [
+            (truth.scenes[q.scene].name, truth.scenes[q.scene].persons[q.person].pid) for q in truth.queries
+        ]
+        assert {n: g.camera for n, g in proto.gallery.items()} == {
+            s.name: s.camera for s in truth.scenes if s.split == "test"
+        }
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -358,9 +382,12 @@ def test_both_box_conventions_read_the_same_boxes(synthps_tiny, fmt):
 
     load, proto = (load_cuhk_sysu, load_cuhk_sysu_protocol) if fmt == "cuhk_sysu" else (load_prw, load_prw_protocol)
     root = synthps_tiny[fmt]
+
     def boxes(recs):
-        return [([a["bbox"] for a in r["annotations"]], r["query_boxes"].tolist() if "query_boxes" in r else None)
-                for r in recs]
+        return [
+            ([a["bbox"] for a in r["annotations"]], r["query_boxes"].tolist() if "query_boxes" in r else None)
+            for r in recs
+        ]
 
     assert boxes(load(root, "test", box_convention="geometric")) == boxes(load(root, "test"))
     kw = {"gallery_size": 50} if fmt == "cuhk_sysu" else {}  # tiny writes TestG50 only
@@ -374,9 +401,14 @@ def test_medium_preset_is_as_documented():
     m, s = PRESETS["medium"], PRESETS["small"]
     assert (m.train_images, m.train_ids, m.test_images, m.test_ids) == (1200, 300, 500, 400)
     # same generator settings as small: image size, person heights, cameras, people per image, occluders
-    assert (m.image_hw, m.person_height, m.cameras, m.labeled_per_image, m.distractors_per_image,
-            m.occlusion_prob) == (s.image_hw, s.person_height, s.cameras, s.labeled_per_image,
-                                  s.distractors_per_image, s.occlusion_prob)
+    assert (m.image_hw, m.person_height, m.cameras, m.labeled_per_image, m.distractors_per_image, m.occlusion_prob) == (
+        s.image_hw,
+        s.person_height,
+        s.cameras,
+        s.labeled_per_image,
+        s.distractors_per_image,
+        s.occlusion_prob,
+    )
     # the generator needs room for 2 instances of every test id: expected capacity 500 x 2 = 1000 >= 800
     # (a 1000-sum of 500 draws of 1..3 has std ~18); 500 test images -> TestG50 and TestG100 (500 needs 501)
     assert m.test_images * sum(m.labeled_per_image) / 2 >= 1.2 * 2 * m.test_ids
@@ -394,8 +426,25 @@ def test_make_synthps_command(tmp_path, capsys, repo_root):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "cli"
-    assert mod.main(["--output", str(out), "--format", "cuhk_sysu", "--preset", "tiny", "--seed", "2",
-                     "--preview", str(tmp_path / "p.png"), "--preview-scenes", "6"]) == 0
+    assert (
+        mod.main(
+            [
+                "--output",
+                str(out),
+                "--format",
+                "cuhk_sysu",
+                "--preset",
+                "tiny",
+                "--seed",
+                "2",
+                "--preview",
+                str(tmp_path / "p.png"),
+                "--preview-scenes",
+                "6",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     p = PRESETS["tiny"]
     assert f"train: {p.train_images} images, {p.train_ids} ids" in text

@@ -5,9 +5,9 @@ The model is detectron2's stock tiny Faster R-CNN (configs/stock/): the trainer 
 detectron2 model returning a loss dict, and it keeps this test fast and independent of the
 person-search models. Data: a few toy scenes through the person-search mapper.
 """
+
 import importlib.util
 import os
-import sys
 
 import pytest
 import torch
@@ -52,15 +52,45 @@ def toy_dataset(tmp_path_factory):
 
 
 def _args(train_net, out_dir, dataset, max_iter, resume=False, extra=()):
-    argv = ["--config-file", STOCK] + (["--resume"] if resume else []) + [
-        "OUTPUT_DIR", str(out_dir), "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()",
-        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.BASE_LR", "0.02", "SOLVER.MOMENTUM", "0.9", "SOLVER.STEPS", "(3,)", "SEED", "7",
-        "INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE", "(160, 160)", "INPUT.PERSON_SEARCH.FLIP_PROB", "0.0",
-        "DATALOADER.ASPECT_RATIO_GROUPING", "False", "GALW.STRATEGY", "rulwf",
-        "GALW.TASKS", "['loss_rpn_cls', 'loss_rpn_loc', 'loss_cls', 'loss_box_reg']",
-        "GALW.TASK_KINDS", "['loss_rpn_loc=reg', 'loss_box_reg=reg']",
-    ] + list(extra)
+    argv = (
+        ["--config-file", STOCK]
+        + (["--resume"] if resume else [])
+        + [
+            "OUTPUT_DIR",
+            str(out_dir),
+            "DATASETS.TRAIN",
+            f"('{dataset}',)",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            str(max_iter),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.BASE_LR",
+            "0.02",
+            "SOLVER.MOMENTUM",
+            "0.9",
+            "SOLVER.STEPS",
+            "(3,)",
+            "SEED",
+            "7",
+            "INPUT.PERSON_SEARCH.TRAIN_LONG_SIDE_RANGE",
+            "(160, 160)",
+            "INPUT.PERSON_SEARCH.FLIP_PROB",
+            "0.0",
+            "DATALOADER.ASPECT_RATIO_GROUPING",
+            "False",
+            "GALW.STRATEGY",
+            "rulwf",
+            "GALW.TASKS",
+            "['loss_rpn_cls', 'loss_rpn_loc', 'loss_cls', 'loss_box_reg']",
+            "GALW.TASK_KINDS",
+            "['loss_rpn_loc=reg', 'loss_box_reg=reg']",
+        ]
+        + list(extra)
+    )
     from detectron2.engine import default_argument_parser
 
     return default_argument_parser().parse_args(argv)
@@ -143,8 +173,23 @@ def test_command_line_is_detectron2_standard():
 
     train_net = _load_tool("train_net")
     args = default_argument_parser().parse_args(
-        ["--config-file", STOCK, "--num-gpus", "2", "--num-machines", "3", "--machine-rank", "1",
-         "--dist-url", "tcp://127.0.0.1:1234", "--resume", "--eval-only", "SOLVER.BASE_LR", "0.5"])
+        [
+            "--config-file",
+            STOCK,
+            "--num-gpus",
+            "2",
+            "--num-machines",
+            "3",
+            "--machine-rank",
+            "1",
+            "--dist-url",
+            "tcp://127.0.0.1:1234",
+            "--resume",
+            "--eval-only",
+            "SOLVER.BASE_LR",
+            "0.5",
+        ]
+    )
     assert (args.num_gpus, args.num_machines, args.machine_rank, args.dist_url) == (2, 3, 1, "tcp://127.0.0.1:1234")
     assert args.resume and args.eval_only and args.opts == ["SOLVER.BASE_LR", "0.5"]
     src = open(os.path.join(ROOT, "tools", "train_net.py")).read()
@@ -160,7 +205,14 @@ def test_setup_registers_attribute_pseudo_labels(tmp_path):
     train_net = _load_tool("train_net")
     missing = str(tmp_path / "attr_train.jsonl")
     args = default_argument_parser().parse_args(
-        ["--config-file", STOCK, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.ATTRIBUTES.PSEUDO_LABELS",
-         f"['galw_test_toy_train={missing}']"])
+        [
+            "--config-file",
+            STOCK,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "MODEL.ATTRIBUTES.PSEUDO_LABELS",
+            f"['galw_test_toy_train={missing}']",
+        ]
+    )
     with pytest.raises(FileNotFoundError, match="generate_attribute_pseudo_labels"):
         train_net.setup(args)

@@ -1,13 +1,13 @@
 """Evaluation and search refuse weights that do not cover the model (config/weights mismatch), and name
 the weights file when it is empty or truncated."""
+
 import os
 import sys
 
 import pytest
 import torch
-from torch import nn
-
 from detectron2.modeling import build_model
+from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -16,7 +16,11 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from test_models_meta_arch import tiny_cfg  # noqa: E402
 
 from galw_d2.engine.weights import (  # noqa: E402
-    WeightsMismatchError, check_weights_cover_model, load_model_weights, read_weights_file)
+    WeightsMismatchError,
+    check_weights_cover_model,
+    load_model_weights,
+    read_weights_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,11 @@ def ra_weights(tmp_path_factory):
 def test_nae_config_with_roi_alignps_weights_is_refused(ra_weights):
     path, _ = ra_weights
     nae = build_model(tiny_cfg("NAE"))
-    with pytest.raises(WeightsMismatchError, match=rf"weights file {path} does not cover the model .*"
-                                                   rf"missing: roi_heads\.res5\.\*: \d+ tensors"):
+    with pytest.raises(
+        WeightsMismatchError,
+        match=rf"weights file {path} does not cover the model .*"
+        rf"missing: roi_heads\.res5\.\*: \d+ tensors",
+    ):
         load_model_weights(nae, path)
     # allowed explicitly: loads what matches, reports the rest
     report = load_model_weights(nae, path, allow_partial=True)
@@ -117,8 +124,19 @@ def test_search_tool_refuses_mismatched_weights(ra_weights):
         search.load_model(cfg_file, empty, [])
     cfg, model = search.load_model(cfg_file, path, [], allow_partial_weights=True)
     assert not model.training
-    args = search.parse_args(["--config-file", cfg_file, "--weights", path, "--query-crop", "q.jpg", "--gallery", "g",
-                              "--allow-partial-weights"])
+    args = search.parse_args(
+        [
+            "--config-file",
+            cfg_file,
+            "--weights",
+            path,
+            "--query-crop",
+            "q.jpg",
+            "--gallery",
+            "g",
+            "--allow-partial-weights",
+        ]
+    )
     assert args.allow_partial_weights
 
 
@@ -140,9 +158,8 @@ def test_train_net_eval_only_refuses_mismatched_weights(ra_weights, tmp_path):
 
 def test_search_skips_unreadable_gallery_images(tmp_path, ra_weights, capsys):
     import numpy as np
-    from PIL import Image
-
     import search
+    from PIL import Image
 
     gal = tmp_path / "gallery"
     gal.mkdir()
@@ -166,9 +183,14 @@ def test_search_skips_unreadable_gallery_images(tmp_path, ra_weights, capsys):
     with pytest.raises(ValueError, match="none of the 2 gallery images could be read"):
         search.search(cfg, model, query, [str(gal / "trunc.jpg"), str(gal / "zero.jpg")], 3, 0.0)
     with pytest.raises(SystemExit):
-        search.parse_args(["--config-file", "c", "--weights", "w", "--query-crop", "q", "--gallery", "g",
-                           "--det-thresh", "nan"])
+        search.parse_args(
+            ["--config-file", "c", "--weights", "w", "--query-crop", "q", "--gallery", "g", "--det-thresh", "nan"]
+        )
     # the command line: one-line errors, exit 1
-    assert search.cli(["--config-file", "c", "--weights", path, "--query-crop", str(gal / "zero.jpg"),
-                       "--gallery", str(gal)]) == 1
+    assert (
+        search.cli(
+            ["--config-file", "c", "--weights", path, "--query-crop", str(gal / "zero.jpg"), "--gallery", str(gal)]
+        )
+        == 1
+    )
     assert "search: error: --query-crop " in capsys.readouterr().err

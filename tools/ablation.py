@@ -6,6 +6,7 @@ A preset of tools/study.py (the same options; the arms default to Table 3's), ke
     python tools/ablation.py --output output/ablation --seeds 0 1 2 --iters 600 --preset small
     python tools/ablation.py --quick --output output/ablation_quick
 """
+
 import sys
 
 from study import main

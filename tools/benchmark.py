@@ -9,14 +9,16 @@ Per model (each in its own subprocess, so peak memory is that model's): median w
 single-image forward passes after ``--warmup`` untimed ones (ms/image), peak resident memory of the
 process (MiB; plus peak CUDA memory on a GPU), parameter count and GFLOPs of one forward (fvcore,
 through detectron2's tracing adapter; ops fvcore has no counter for, such as deform_conv2d, are not
-counted and are listed; RoIAlign and NMS neither). Then ratios to Faster R-CNN and ROI-AlignPS* / NAE (the paper's Table 9:
-ROI-AlignPS* 69 ms vs NAE 85 ms on an RTX at 1500x900).
+counted and are listed; RoIAlign and NMS neither). Then ratios to Faster R-CNN and ROI-AlignPS* / NAE
+(the paper's Table 9: ROI-AlignPS* 69 ms vs NAE 85 ms on an RTX at 1500x900).
 
 Models are the paper-scale ResNet-50 configs with random weights (no pretrained weights here) and
 every test score threshold at 0, so each model always does its full test-time work: 300 RPN proposals
 (NAE), 100 AlignPS detections re-embedded by the NAE branch (ROI-AlignPS*), 1000 proposals (Faster
-R-CNN); FrozenBN statistics are calibrated on the test image first (see calibrate_frozen_bn). The input is matplotlib's grace_hopper.jpg resized to exactly --size (W x H).
+R-CNN); FrozenBN statistics are calibrated on the test image first (see calibrate_frozen_bn). The input is
+matplotlib's grace_hopper.jpg resized to exactly --size (W x H).
 """
+
 import argparse
 import json
 import os
@@ -134,7 +136,9 @@ def test_image(wh):
     from matplotlib import cbook
     from PIL import Image
 
-    im = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB").resize(wh, Image.BILINEAR)
+    im = (
+        Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB").resize(wh, Image.BILINEAR)
+    )
     arr = np.asarray(im)[:, :, ::-1].copy()  # BGR, as cfg.INPUT.FORMAT
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
@@ -175,7 +179,7 @@ def run_one(args):
         "size": f"{w}x{h}",
     }
     if device.startswith("cuda"):
-        res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     res["gflops"], res["uncounted_ops"] = (None, []) if args.no_flops else count_gflops(model, inputs)
     return res
 
@@ -219,18 +223,34 @@ def main(argv=None):
         print("BENCHMARK_JSON " + json.dumps(run_one(args)), flush=True)
         return 0
     results = {}
-    base = [sys.executable, os.path.abspath(__file__), "--iters", str(args.iters), "--warmup", str(args.warmup),
-            "--size", args.size, "--threads", str(args.threads)] + (["--device", args.device] if args.device else []) \
+    base = (
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--iters",
+            str(args.iters),
+            "--warmup",
+            str(args.warmup),
+            "--size",
+            args.size,
+            "--threads",
+            str(args.threads),
+        ]
+        + (["--device", args.device] if args.device else [])
         + (["--no-flops"] if args.no_flops else [])
+    )
     for name in args.models:
-        print(f"[benchmark] {MODELS[name][0]}: {args.warmup} warm-up + {args.iters} timed runs at {args.size} ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"[benchmark] {MODELS[name][0]}: {args.warmup} warm-up + {args.iters} timed runs at {args.size} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         p = subprocess.run(base + ["--one", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = [l for l in p.stdout.splitlines() if l.startswith("BENCHMARK_JSON ")]
         if p.returncode != 0 or not line:
             sys.stderr.write(p.stderr[-4000:])
             raise SystemExit(f"benchmark of {name} failed (exit {p.returncode})")
-        results[name] = json.loads(line[-1][len("BENCHMARK_JSON "):])
+        results[name] = json.loads(line[-1][len("BENCHMARK_JSON ") :])
     print_table(results)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -244,11 +264,15 @@ def print_table(results):
     print(f"\n{'model':32s} {'ms/img':>9s} {'peak RSS MiB':>13s} {'params (M)':>11s} {'GFLOPs':>8s} {'dets':>5s}")
     for r in results.values():
         g = "n/a" if r["gflops"] is None else f"{r['gflops']:.1f}"
-        print(f"{r['name']:32s} {r['ms_median']:9.1f} {r['peak_rss_mb']:13.0f} {r['params'] / 1e6:11.2f} {g:>8s} "
-              f"{r['detections']:5d}")
+        print(
+            f"{r['name']:32s} {r['ms_median']:9.1f} {r['peak_rss_mb']:13.0f} {r['params'] / 1e6:11.2f} {g:>8s} "
+            f"{r['detections']:5d}"
+        )
     any_r = next(iter(results.values()))
-    print(f"(median of {len(any_r['ms_all'])} runs, {any_r['size']}, device {any_r['device']}, "
-          f"{any_r['threads']} threads)")
+    print(
+        f"(median of {len(any_r['ms_all'])} runs, {any_r['size']}, device {any_r['device']}, "
+        f"{any_r['threads']} threads)"
+    )
     unc = sorted({o for r in results.values() for o in r.get("uncounted_ops", [])})
     if unc:
         print(f"GFLOPs exclude ops fvcore cannot count: {', '.join(unc)}")
@@ -256,17 +280,25 @@ def print_table(results):
     if ref:
         for k, r in results.items():
             if k != "faster_rcnn":
-                print(f"{r['name']} / Faster R-CNN: time x{r['ms_median'] / ref['ms_median']:.2f}, "
-                      f"params x{r['params'] / ref['params']:.2f}"
-                      + ("" if r["gflops"] is None or not ref["gflops"] else f", GFLOPs x{r['gflops'] / ref['gflops']:.2f}"))
+                print(
+                    f"{r['name']} / Faster R-CNN: time x{r['ms_median'] / ref['ms_median']:.2f}, "
+                    f"params x{r['params'] / ref['params']:.2f}"
+                    + (
+                        ""
+                        if r["gflops"] is None or not ref["gflops"]
+                        else f", GFLOPs x{r['gflops'] / ref['gflops']:.2f}"
+                    )
+                )
     if "roi_alignps" in results and "nae" in results:
         ra, na = results["roi_alignps"], results["nae"]
         print(f"ROI-AlignPS* / NAE: time x{ra['ms_median'] / na['ms_median']:.2f} (paper Table 9: 69/85 = x0.81)")
     if "roi_alignps" in results and ref:
         ratio = results["roi_alignps"]["ms_median"] / ref["ms_median"]
         faster = "nae" not in results or results["roi_alignps"]["ms_median"] < results["nae"]["ms_median"]
-        print(f"target (ROI-AlignPS* <= 1.3x Faster R-CNN and faster than NAE): "
-              f"{'met' if ratio <= 1.3 and faster else 'NOT met'}")
+        print(
+            f"target (ROI-AlignPS* <= 1.3x Faster R-CNN and faster than NAE): "
+            f"{'met' if ratio <= 1.3 and faster else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ random (std ``--offset-std`` px), the mask of DCNv2 in (0, 2) like DeformConv's 
 under torch.no_grad() after one untimed warm-up; the median of ``--iters`` runs is printed (ms), with
 the speed-up and the largest relative difference between the two outputs.
 """
+
 import argparse
 import os
 import statistics
@@ -46,9 +47,14 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--offset-std", type=float, default=1.0)
     args = p.parse_args(argv)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, median of {args.iters}")
-    print(f"{'shape':<18} {'input':<20} {'kind':<6} {'torchvision ms':>15} {'fast ms':>10} {'speed-up':>9} {'rel diff':>9}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, median of {args.iters}"
+    )
+    print(
+        f"{'shape':<18} {'input':<20} {'kind':<6} {'torchvision ms':>15} {'fast ms':>10} "
+        f"{'speed-up':>9} {'rel diff':>9}"
+    )
     g = torch.Generator().manual_seed(0)
     for name in args.shapes:
         c_in, c_out, h, w, modulated = SHAPES[name]
@@ -63,11 +69,15 @@ def main(argv=None):
             got = deform_conv2d_cpu_fast(x, offset, weight, bias, padding=1, mask=mask)
             rel = ((got - ref).abs().max() / ref.abs().max()).item()
             t_tv = median_ms(lambda: deform_conv2d(x, offset, weight, bias, padding=(1, 1), mask=mask), args.iters)
-            t_fast = median_ms(lambda: deform_conv2d_cpu_fast(x, offset, weight, bias, padding=1, mask=mask),
-                               args.iters)
+            t_fast = median_ms(
+                lambda: deform_conv2d_cpu_fast(x, offset, weight, bias, padding=1, mask=mask), args.iters
+            )
         shape = f"1x{c_in}x{h}x{w}->{c_out}"
-        print(f"{name:<18} {shape:<20} {'DCNv2' if modulated else 'DCNv1':<6} {t_tv:>15.1f} {t_fast:>10.1f} "
-              f"{t_tv / t_fast:>8.2f}x {rel:>9.1e}", flush=True)
+        print(
+            f"{name:<18} {shape:<20} {'DCNv2' if modulated else 'DCNv1':<6} {t_tv:>15.1f} {t_fast:>10.1f} "
+            f"{t_tv / t_fast:>8.2f}x {rel:>9.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

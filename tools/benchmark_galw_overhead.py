@@ -8,12 +8,13 @@ spent inside the probes is timed separately, so
     overhead = mean probe time / (period x mean time of a step without probe)
 
 (the slowdown of training at that probe period) is measured on the same steps; the raw ratio of
-probe time to probe-free training time over the run is reported too. The report also gives the mean step time of probe and non-probe
-iterations. ``--ab`` additionally trains a second run with recording off for a wall-clock
-comparison (noisy on a shared machine). ``stock`` = configs/stock/faster_rcnn_R18_FPN_tiny.yaml
+probe time to probe-free training time over the run is reported too. The report also gives the mean
+step time of probe and non-probe iterations. ``--ab`` additionally trains a second run with recording
+off for a wall-clock comparison (noisy on a shared machine). ``stock`` = configs/stock/faster_rcnn_R18_FPN_tiny.yaml
 (GeneralizedRCNN, 4 losses) on generated toy images; ``roi_alignps`` =
 configs/synthps/roi_alignps_R18_tiny_synthps.yaml (10 tasks) on a generated SynthPS-tiny root.
 """
+
 import argparse
 import json
 import os
@@ -44,7 +45,7 @@ def _toy_detection_dataset(out_dir, n=16, size=(192, 256), seed=0):
             ph = int(rng.integers(48, 120))
             pw = max(12, int(ph * 0.4))
             x0, y0 = int(rng.integers(0, w - pw)), int(rng.integers(0, h - ph))
-            img[y0:y0 + ph, x0:x0 + pw] = rng.integers(0, 255, 3)
+            img[y0 : y0 + ph, x0 : x0 + pw] = rng.integers(0, 255, 3)
             annos.append({"bbox": [x0, y0, x0 + pw, y0 + ph], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0})
         p = os.path.join(out_dir, f"{i:03d}.jpg")
         cv2.imwrite(p, img)
@@ -88,7 +89,7 @@ def _setup_cfg(kind, work, iters, period, record):
     cfg.MODEL.DEVICE = "cpu"
     cfg.OUTPUT_DIR = os.path.join(work, f"out_{kind}_{int(record)}")
     cfg.SOLVER.MAX_ITER = iters
-    cfg.SOLVER.CHECKPOINT_PERIOD = 10 ** 9
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
     cfg.TEST.EVAL_PERIOD = 0
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.GALW.STRATEGY = "rulwf"
@@ -137,7 +138,12 @@ def _run(kind, work, iters, period, record):
     t.resume_or_load(resume=False)
     t0 = time.perf_counter()
     t.train()
-    return time.perf_counter() - t0, list(cls.step_times), list(cls.probe_times), len(t.recorder.tasks) if t.recorder else 0
+    return (
+        time.perf_counter() - t0,
+        list(cls.step_times),
+        list(cls.probe_times),
+        len(t.recorder.tasks) if t.recorder else 0,
+    )
 
 
 def measure_overhead(kind="stock", iters=60, period=20, work=None, ab=False, warmup=5) -> dict:
@@ -152,13 +158,21 @@ def measure_overhead(kind="stock", iters=60, period=20, work=None, ab=False, war
     probe_step_idx = [i - warmup for i in range(warmup, iters) if i in probe_iters]
     nonprobe = np.delete(steps, probe_step_idx) if probe_step_idx else steps
     rep = {
-        "config": kind, "iters": iters, "period": period, "tasks": ntasks, "warmup_iters_excluded": warmup,
+        "config": kind,
+        "iters": iters,
+        "period": period,
+        "tasks": ntasks,
+        "warmup_iters_excluded": warmup,
         "mean_step_s_without_probe": float(nonprobe.mean()),
         "mean_step_s_on_probe_iters": float(steps[probe_step_idx].mean()) if probe_step_idx else None,
         "mean_probe_s": float(np.mean([dt for it, dt in probes if it >= warmup])) if p_total else None,
-        "time_in_probes_s": p_total, "train_time_s": step_total,
-        "overhead_pct_at_period": (100.0 * float(np.mean([dt for it, dt in probes if it >= warmup]))
-                                   / (period * float(nonprobe.mean()))) if p_total else 0.0,
+        "time_in_probes_s": p_total,
+        "train_time_s": step_total,
+        "overhead_pct_at_period": (
+            100.0 * float(np.mean([dt for it, dt in probes if it >= warmup])) / (period * float(nonprobe.mean()))
+        )
+        if p_total
+        else 0.0,
         "probe_time_over_train_time_pct": 100.0 * p_total / max(step_total - p_total, 1e-9),
         "wall_s_with_probing": wall,
     }

@@ -9,6 +9,7 @@ gallery list of 4,000 images (TestG4000-like, 1-5 images containing the person, 
 
 ``--full`` also times the full-gallery rule ("all_but_query": every image but the query's own).
 """
+
 import argparse
 import time
 
@@ -23,14 +24,16 @@ def build_case(n_q, gsize, n_img, n_det, dim, seed=0, rule="explicit"):
     names = [f"s{i}.jpg" for i in range(n_img)]
     n_per = rng.poisson(n_det, n_img)
     gallery, gt = {}, {}
-    pid_imgs = {}
     for i, n in enumerate(names):
         k = int(n_per[i])
         xy = rng.uniform(0, 600, (k, 2)).astype(np.float32)
         wh = rng.uniform(20, 150, (k, 2)).astype(np.float32)
         boxes = np.concatenate([xy, xy + wh], 1)
-        gallery[n] = {"boxes": boxes, "scores": rng.uniform(0, 1, k).astype(np.float32),
-                      "feats": rng.normal(size=(k, dim)).astype(np.float32)}
+        gallery[n] = {
+            "boxes": boxes,
+            "scores": rng.uniform(0, 1, k).astype(np.float32),
+            "feats": rng.normal(size=(k, dim)).astype(np.float32),
+        }
         gt[n] = (boxes[:2] + rng.normal(0, 5, (min(k, 2), 4)).astype(np.float32)) if k else np.zeros((0, 4), np.float32)
     queries = []
     pids_of = {n: [] for n in names}
@@ -71,9 +74,12 @@ def main():
         t1, c1 = time.perf_counter(), time.process_time()
         out = evaluate_search(proto, gallery, qf, det_thresh=args.det_thresh, progress=True)
         t2, c2 = time.perf_counter(), time.process_time()
-        print(f"rule={rule} queries={args.queries} gallery_size={args.gallery_size if rule == 'explicit' else 'all'} "
-              f"images={args.images} detections={n_det} dim={args.dim}: build {t1 - t0:.1f} s, "
-              f"score {t2 - t1:.1f} s wall, {c2 - c1:.1f} s CPU (all threads)  (mAP={out['mAP']:.4f} top1={out['top1']:.4f})")
+        print(
+            f"rule={rule} queries={args.queries} gallery_size={args.gallery_size if rule == 'explicit' else 'all'} "
+            f"images={args.images} detections={n_det} dim={args.dim}: build {t1 - t0:.1f} s, "
+            f"score {t2 - t1:.1f} s wall, {c2 - c1:.1f} s CPU (all threads)  "
+            f"(mAP={out['mAP']:.4f} top1={out['top1']:.4f})"
+        )
 
 
 if __name__ == "__main__":

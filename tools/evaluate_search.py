@@ -22,6 +22,7 @@ an empty gallery), inverted boxes, NaN/inf values or an unreadable file stop wit
 file, field and values; --allow-partial scores missing images as images without detections (and
 reports how many). Collapsed or heavily tied embeddings print a WARNING with the pessimistic numbers.
 """
+
 import argparse
 import json
 import logging
@@ -30,8 +31,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from galw_d2.evaluation.scoring import evaluate_results  # noqa: E402
 from galw_d2.evaluation.results import load_results  # noqa: E402
+from galw_d2.evaluation.scoring import evaluate_results  # noqa: E402
 from galw_d2.evaluation.search import TIE_RULES, check_det_thresh  # noqa: E402
 
 logger = logging.getLogger("evaluate_search")
@@ -66,19 +67,34 @@ def _det_thresh(text: str) -> float:
 def score(args, gallery_size, detection=True):
     protocol = load_protocol(args.dataset, args.root, gallery_size, args.subset, args.cross_camera, args.box_convention)
     res = load_results(args.results, protocol=protocol, allow_partial=args.allow_partial)
-    out = evaluate_results(protocol, res, det_thresh=args.det_thresh, detection=detection, progress=args.progress,
-                           allow_partial=args.allow_partial, tie_rule=args.tie_rule, source=args.results)
+    out = evaluate_results(
+        protocol,
+        res,
+        det_thresh=args.det_thresh,
+        detection=detection,
+        progress=args.progress,
+        allow_partial=args.allow_partial,
+        tie_rule=args.tie_rule,
+        source=args.results,
+    )
     s = out["search"]
     result = {"search": {k: s[k] for k in ("mAP", "top1", "top5", "top10")}}
     if "detection" in out:
         result["detection"] = {k: out["detection"][k] for k in ("AP", "recall")}
     result["settings"] = {
-        "dataset": args.dataset, "protocol": f"{protocol.dataset}/{protocol.name}", "rule": protocol.rule,
-        "det_thresh": args.det_thresh, "gallery_size": gallery_size if args.dataset == "cuhk_sysu" else None,
-        "cross_camera": args.cross_camera, "subset": args.subset, "box_convention": args.box_convention,
+        "dataset": args.dataset,
+        "protocol": f"{protocol.dataset}/{protocol.name}",
+        "rule": protocol.rule,
+        "det_thresh": args.det_thresh,
+        "gallery_size": gallery_size if args.dataset == "cuhk_sysu" else None,
+        "cross_camera": args.cross_camera,
+        "subset": args.subset,
+        "box_convention": args.box_convention,
         "num_queries": s["num_queries"],
-        "num_queries_without_gt": s["num_queries_without_gt"], "results_file": os.path.abspath(args.results),
-        "tie_rule": args.tie_rule, "missing_gallery_images": s["missing_gallery_images"],
+        "num_queries_without_gt": s["num_queries_without_gt"],
+        "results_file": os.path.abspath(args.results),
+        "tie_rule": args.tie_rule,
+        "missing_gallery_images": s["missing_gallery_images"],
         "inference_settings": res.get("settings", {}),
     }
     # NaN (fewer than 2 detections) is not JSON: null
@@ -92,19 +108,31 @@ def main(argv=None):
     ap.add_argument("--root", required=True, help="dataset root (the official layout, or a SynthPS root)")
     ap.add_argument("--results", required=True, help="saved-results file (torch.save'd dict)")
     ap.add_argument("--gallery-size", type=int, default=100, help="CUHK-SYSU TestG{N}; -1 = full test set")
-    ap.add_argument("--det-thresh", type=_det_thresh, default=0.5,
-                    help="detection score threshold in [0, 1) (always reported)")
-    ap.add_argument("--tie-rule", default="standard", choices=TIE_RULES,
-                    help="order of equal similarities: standard (gallery order, the published protocol) or "
-                         "pessimistic (false positives first); both are in the JSON's 'ties'")
-    ap.add_argument("--allow-partial", action="store_true",
-                    help="score protocol gallery images missing from the results file as images without "
-                         "detections (default: an error); the count is reported")
+    ap.add_argument(
+        "--det-thresh", type=_det_thresh, default=0.5, help="detection score threshold in [0, 1) (always reported)"
+    )
+    ap.add_argument(
+        "--tie-rule",
+        default="standard",
+        choices=TIE_RULES,
+        help="order of equal similarities: standard (gallery order, the published protocol) or "
+        "pessimistic (false positives first); both are in the JSON's 'ties'",
+    )
+    ap.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="score protocol gallery images missing from the results file as images without "
+        "detections (default: an error); the count is reported",
+    )
     ap.add_argument("--cross-camera", action="store_true", help="PRW: gallery = other cameras only")
     ap.add_argument("--subset", default=None, choices=["Occlusion", "Resolution"], help="CUHK-SYSU query subset")
-    ap.add_argument("--box-convention", default="standard", choices=["standard", "geometric"],
-                    help="ground-truth boxes: the published protocol's integer boxes (default) or float boxes "
-                         "clipped after the conversion (docs/datasets.md 'Box conventions')")
+    ap.add_argument(
+        "--box-convention",
+        default="standard",
+        choices=["standard", "geometric"],
+        help="ground-truth boxes: the published protocol's integer boxes (default) or float boxes "
+        "clipped after the conversion (docs/datasets.md 'Box conventions')",
+    )
     ap.add_argument("--json", default=None, help="write the metrics and settings here")
     ap.add_argument("--sweep", action="store_true", help="CUHK-SYSU: every TestG{N}.mat present, and -1")
     ap.add_argument("--plot", default=None, help="with --sweep: mAP vs gallery size figure (png/pdf)")
@@ -116,13 +144,21 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     result, protocol, res = score(args, args.gallery_size)
-    print(f"{result['settings']['protocol']} det_thresh={args.det_thresh}: "
-          + " ".join(f"{k}={100 * v:.2f}%" for k, v in result["search"].items())
-          + ("" if "detection" not in result else
-             " | detection " + " ".join(f"{k}={100 * v:.2f}%" for k, v in result["detection"].items())))
+    print(
+        f"{result['settings']['protocol']} det_thresh={args.det_thresh}: "
+        + " ".join(f"{k}={100 * v:.2f}%" for k, v in result["search"].items())
+        + (
+            ""
+            if "detection" not in result
+            else " | detection " + " ".join(f"{k}={100 * v:.2f}%" for k, v in result["detection"].items())
+        )
+    )
     if result["settings"]["missing_gallery_images"]:
-        print(f"WARNING: {result['settings']['missing_gallery_images']} protocol gallery images are missing from "
-              f"{args.results} and were scored as images without detections (--allow-partial)", file=sys.stderr)
+        print(
+            f"WARNING: {result['settings']['missing_gallery_images']} protocol gallery images are missing from "
+            f"{args.results} and were scored as images without detections (--allow-partial)",
+            file=sys.stderr,
+        )
     if result["ties"]["warning"]:
         print(f"WARNING: {result['ties']['warning']}", file=sys.stderr)
     if args.sweep:
@@ -151,8 +187,16 @@ def main(argv=None):
         bad = [i for i in args.figure_queries if not 0 <= i < len(protocol.queries)]
         if bad:
             raise SystemExit(f"--figure-queries {bad}: the protocol has {len(protocol.queries)} queries")
-        plot_topk_search(protocol, res["gallery"], qf, args.figure_queries, image_dir(args.dataset, args.root),
-                         args.topk_figure, k=args.figure_k, det_thresh=args.det_thresh)
+        plot_topk_search(
+            protocol,
+            res["gallery"],
+            qf,
+            args.figure_queries,
+            image_dir(args.dataset, args.root),
+            args.topk_figure,
+            k=args.figure_k,
+            det_thresh=args.det_thresh,
+        )
         print(f"wrote {args.topk_figure}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

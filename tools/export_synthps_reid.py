@@ -10,6 +10,7 @@ Market-1501-layout re-id dataset that torchreid reads (galw_d2.reid.data).
 Train with ``DATA.ROOT datasets/reid DATA.SOURCES "['synthps_reid_small']"`` (names
 ``synthps_reid_<preset>`` are registered with torchreid by tools/train_reid.py).
 """
+
 import argparse
 import json
 import os

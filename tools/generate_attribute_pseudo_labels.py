@@ -16,6 +16,7 @@ Then train the person-search model on the merged dataset (see docs/attributes.md
     galw_d2.attributes.pseudo_labels.register_pseudo_labeled_dataset("cuhk_sysu_train", PATH)
     -> "cuhk_sysu_train_attr" (annotations carry "attributes"; the mapper makes them gt_attributes).
 """
+
 import argparse
 import json
 import os
@@ -26,7 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="recognizer checkpoint (model_final.pth of train_attribute_net.py)")
+    p.add_argument(
+        "--checkpoint", required=True, help="recognizer checkpoint (model_final.pth of train_attribute_net.py)"
+    )
     p.add_argument("--dataset", required=True, help="registered dataset name, e.g. cuhk_sysu_train, prw_train")
     p.add_argument("--output", required=True, help="pseudo-label file (.jsonl); resumed when it exists")
     p.add_argument("--root", default="", help="register this root first, under the prefix of --dataset")
@@ -55,15 +58,28 @@ def main(argv=None):
         else:
             gd.register_prw(args.root, prefix)
     if args.dataset not in DatasetCatalog.list():
-        raise SystemExit(f"dataset {args.dataset!r} is not registered (known: {sorted(DatasetCatalog.list())[:20]}...); "
-                         "pass --root/--layout to register it")
+        raise SystemExit(
+            f"dataset {args.dataset!r} is not registered (known: {sorted(DatasetCatalog.list())[:20]}...); "
+            "pass --root/--layout to register it"
+        )
     device = args.device if (not args.device.startswith("cuda") or torch.cuda.is_available()) else "cpu"
     model, names, sha = load_recognizer(args.checkpoint)
     model.to(device)
     dicts = DatasetCatalog.get(args.dataset)
-    stats = generate_pseudo_labels(model, dicts, args.output, names, os.path.abspath(args.checkpoint), sha, args.dataset,
-                                   args.threshold, batch_size=args.batch_size, device=device,
-                                   progress=not args.no_progress, max_images=args.max_images)
+    stats = generate_pseudo_labels(
+        model,
+        dicts,
+        args.output,
+        names,
+        os.path.abspath(args.checkpoint),
+        sha,
+        args.dataset,
+        args.threshold,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.no_progress,
+        max_images=args.max_images,
+    )
     if stats["processed"] + stats["skipped"] == stats["total"]:
         load_pseudo_labels(args.output, dicts, names, sha)  # validate the finished file against the dataset
         stats["validated"] = True

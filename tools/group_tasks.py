@@ -8,6 +8,7 @@
 Writes DIR/groups.json ({"groups", "slopes", "transformed", "settings", "report"}), DIR/galw_phase2.yaml
 (merge it after the model config for phase 2), DIR/gradient_trends.png (Fig. 3) and DIR/dendrogram.png.
 """
+
 import argparse
 import os
 import sys
@@ -23,19 +24,35 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trends", required=True, help="trends JSON written by phase 1 (GALW.RECORD.OUTPUT)")
     ap.add_argument("--num-groups", type=int, required=True, help="number of groups G")
-    ap.add_argument("--strategy", default="slope", choices=GROUPING_REGISTRY.names(),
-                    help="a grouping strategy of galw_d2.galw.GROUPING_REGISTRY")
+    ap.add_argument(
+        "--strategy",
+        default="slope",
+        choices=GROUPING_REGISTRY.names(),
+        help="a grouping strategy of galw_d2.galw.GROUPING_REGISTRY",
+    )
     ap.add_argument("--slope", default="mean_diff", choices=["mean_diff", "lstsq"], help="Eq. 7 or least squares")
     ap.add_argument("--log-base", type=float, default=10.0, help="base of the log in Eq. 8 (default 10)")
     ap.add_argument("--linkage", default="average", help="scipy linkage method (default average)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
-    ap.add_argument("--manual", default=None, help='manual groups, e.g. "loss_a,loss_b;t3", or a preset '
-                    f'of the paper: {", ".join(GROUP_PRESETS)}')
+    ap.add_argument(
+        "--manual",
+        default=None,
+        help=f'manual groups, e.g. "loss_a,loss_b;t3", or a preset of the paper: {", ".join(GROUP_PRESETS)}',
+    )
     ap.add_argument("--output", required=True, help="output folder")
     a = ap.parse_args(argv)
     try:
-        res = make_groups(a.trends, a.num_groups, a.output, strategy=a.strategy, slope=a.slope,
-                          log_base=a.log_base, linkage=a.linkage, seed=a.seed, manual=a.manual)
+        res = make_groups(
+            a.trends,
+            a.num_groups,
+            a.output,
+            strategy=a.strategy,
+            slope=a.slope,
+            log_base=a.log_base,
+            linkage=a.linkage,
+            seed=a.seed,
+            manual=a.manual,
+        )
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"group_tasks: error: {e}", file=sys.stderr)
         return 2

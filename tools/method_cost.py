@@ -14,6 +14,7 @@ of each per round, ``--iters`` rounds after one warm-up round) so machine-load d
 Reported: median seconds per step, its ratio to ``fixed``, whether every loss and total stayed
 finite, and each method's last logged weights.
 """
+
 import argparse
 import json
 import math
@@ -38,8 +39,9 @@ def _batch(seed=0, h=240, w=352):
     out = []
     for i in range(2):
         inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor([[20.0, 30.0, 80.0, 200.0], [150.0, 20.0, 210.0, 180.0],
-                                            [250.0, 40.0, 320.0, 230.0]]))
+        inst.gt_boxes = Boxes(
+            torch.tensor([[20.0, 30.0, 80.0, 200.0], [150.0, 20.0, 210.0, 180.0], [250.0, 40.0, 320.0, 230.0]])
+        )
         inst.gt_classes = torch.zeros(3, dtype=torch.long)
         inst.gt_pids = torch.tensor([0, -1, 2 + i])
         img = torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8)
@@ -145,12 +147,20 @@ def main(argv=None):
                 if r > 0:  # round 0 = warm-up
                     times[s].append(dt)
     base = statistics.median(times["fixed"]) if "fixed" in times else None
-    res = {"model": a.model, "device": a.device, "tasks": tasks, "iters": a.iters,
-           "torch_threads": torch.get_num_threads(), "host": platform.node(),
-           "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-           "median_s": {s: statistics.median(v) for s, v in times.items()},
-           "ratio_to_fixed": {s: statistics.median(v) / base for s, v in times.items()} if base else None,
-           "all_losses_finite": finite, "last_weights": last_info, "times_s": times}
+    res = {
+        "model": a.model,
+        "device": a.device,
+        "tasks": tasks,
+        "iters": a.iters,
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "median_s": {s: statistics.median(v) for s, v in times.items()},
+        "ratio_to_fixed": {s: statistics.median(v) / base for s, v in times.items()} if base else None,
+        "all_losses_finite": finite,
+        "last_weights": last_info,
+        "times_s": times,
+    }
     for s in strategies:
         r = f"{res['ratio_to_fixed'][s]:.2f}x" if base else ""
         print(f"{s:14s} {res['median_s'][s]:.4f} s/step  {r}  finite={finite[s]}")

@@ -15,6 +15,7 @@ torchvision's nms / roi_align / deform_conv2d), so we:
 Each edit is checked: a file that does not contain the expected text is an error, so a different
 sdist never gets half-patched silently. Running it twice is harmless (already-patched files pass).
 """
+
 import os
 import sys
 

@@ -17,6 +17,7 @@ Each run is ``tools/train_reid.py --resume`` in a subprocess (``--jobs`` at a ti
 WORK/<arm>/seed<S>/; a finished run (metrics.json present) is skipped, an interrupted one resumes from
 its last epoch. Writes RESULTS/summary.json, RESULTS/report.md, RESULTS/groups.json (+ trend plots).
 """
+
 import argparse
 import json
 import os
@@ -69,8 +70,16 @@ def run_one(args, arm, seed, groups, record=False):
         opts += ["GALW.GROUPS", repr([list(g) for g in groups])]
     if record:
         opts += ["GALW.RECORD.ENABLED", "True"]
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_reid.py"), "--config-file", args.config_file,
-           "--output", out, "--resume", "--no-progress"] + opts
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "train_reid.py"),
+        "--config-file",
+        args.config_file,
+        "--output",
+        out,
+        "--resume",
+        "--no-progress",
+    ] + opts
     t0 = time.time()
     with open(os.path.join(out, "log.txt"), "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -108,8 +117,11 @@ def summarize(args, arms, seeds, groups_info, aliases=None):
             p = os.path.join(args.work, aliases.get(arm, arm), f"seed{s}", "metrics.json")
             if os.path.isfile(p):
                 m = json.load(open(p))
-                per_seed[str(s)] = {**{k: m[k] for k in METRICS if k in m}, "wall_time_s": m.get("wall_time_s"),
-                                    "weighting": m.get("weighting")}
+                per_seed[str(s)] = {
+                    **{k: m[k] for k in METRICS if k in m},
+                    "wall_time_s": m.get("wall_time_s"),
+                    "weighting": m.get("weighting"),
+                }
         res[arm] = {"per_seed": per_seed}
         if arm in aliases:
             res[arm]["same_runs_as"] = aliases[arm]
@@ -120,8 +132,11 @@ def summarize(args, arms, seeds, groups_info, aliases=None):
         for k in METRICS:
             v = [ps[s][k] for s in ps if k in ps[s]]
             if v:
-                stats_[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                             "n": len(v)}
+                stats_[k] = {
+                    "mean": float(np.mean(v)),
+                    "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                    "n": len(v),
+                }
         res[arm]["stats"] = stats_
         if arm != "fixed":
             paired = {}
@@ -129,14 +144,25 @@ def summarize(args, arms, seeds, groups_info, aliases=None):
             for k in ("mAP", "rank1"):
                 d = [ps[s][k] - base[s][k] for s in common]
                 if d:
-                    paired[k] = {"mean": float(np.mean(d)), "ci95": bootstrap_interval(d), "ci95_t": t_interval(d),
-                                 "per_seed": {s: float(x) for s, x in zip(common, d)}, "n": len(d)}
+                    paired[k] = {
+                        "mean": float(np.mean(d)),
+                        "ci95": bootstrap_interval(d),
+                        "ci95_t": t_interval(d),
+                        "per_seed": {s: float(x) for s, x in zip(common, d)},
+                        "n": len(d),
+                    }
             res[arm]["paired"] = {"fixed": paired}
-    return {"unit": "percent", "config": os.path.relpath(args.config_file, REPO), "overrides": list(args.opts),
-            "seeds": [int(s) for s in seeds], "arms": res, "grouping": groups_info,
-            "ci95": "bootstrap: percentile interval of the mean paired difference, 10000 resamples of the seeds; "
-                    "ci95_t: Student-t interval (n - 1 dof). With 3 seeds the bootstrap interval is too narrow; "
-                    "read ci95_t."}
+    return {
+        "unit": "percent",
+        "config": os.path.relpath(args.config_file, REPO),
+        "overrides": list(args.opts),
+        "seeds": [int(s) for s in seeds],
+        "arms": res,
+        "grouping": groups_info,
+        "ci95": "bootstrap: percentile interval of the mean paired difference, 10000 resamples of the seeds; "
+        "ci95_t: Student-t interval (n - 1 dof). With 3 seeds the bootstrap interval is too narrow; "
+        "read ci95_t.",
+    }
 
 
 def weight_trajectories(run_dir):
@@ -159,40 +185,63 @@ def weight_trajectories(run_dir):
             if tag.startswith("Train/galw/weight/"):
                 d = out.setdefault(tag.rsplit("/", 1)[1], {})
                 d.update({e.step: e.value for e in ea.Scalars(tag)})
-    return {t: [round(float(v[max(k for k in v if k <= (e + 1) * per_epoch - 1)]), 3)
-                for e in range(m["epochs"]) if any(k <= (e + 1) * per_epoch - 1 for k in v)]
-            for t, v in out.items()}
+    return {
+        t: [
+            round(float(v[max(k for k in v if k <= (e + 1) * per_epoch - 1)]), 3)
+            for e in range(m["epochs"])
+            if any(k <= (e + 1) * per_epoch - 1 for k in v)
+        ]
+        for t, v in out.items()
+    }
 
 
 def write_report(path, summary, wall, cmdline):
     arms = summary["arms"]
-    lines = ["# Mancs on SynthPS crops: loss weighting arms (measured)", "",
-             f"Command: `{cmdline}`", "",
-             f"Config `{summary['config']}` + overrides {summary['overrides']}; seeds {summary['seeds']} "
-             "(same model init and data order per seed across arms). Metrics: torchreid CMC / mAP, single query, "
-             "in percent. Total wall time of this invocation's runs: "
-             f"{wall / 60:.1f} min (2-core shared CPU, 1 thread per run).", ""]
+    lines = [
+        "# Mancs on SynthPS crops: loss weighting arms (measured)",
+        "",
+        f"Command: `{cmdline}`",
+        "",
+        f"Config `{summary['config']}` + overrides {summary['overrides']}; seeds {summary['seeds']} "
+        "(same model init and data order per seed across arms). Metrics: torchreid CMC / mAP, single query, "
+        "in percent. Total wall time of this invocation's runs: "
+        f"{wall / 60:.1f} min (2-core shared CPU, 1 thread per run).",
+        "",
+    ]
     g = summary.get("grouping") or {}
     if g:
-        lines += [f"GALW groups (G = {g.get('num_groups')}, slope grouping of the phase-1 gradient trends, "
-                  f"{g.get('source')}): `{g.get('groups')}`; slopes {g.get('slopes')}", ""]
-    lines += ["| arm | mAP mean ± std | rank-1 mean ± std | ΔmAP vs fixed [95% CI t] | Δrank-1 vs fixed [95% CI t] "
-              "| run wall time (s) |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"GALW groups (G = {g.get('num_groups')}, slope grouping of the phase-1 gradient trends, "
+            f"{g.get('source')}): `{g.get('groups')}`; slopes {g.get('slopes')}",
+            "",
+        ]
+    lines += [
+        "| arm | mAP mean ± std | rank-1 mean ± std | ΔmAP vs fixed [95% CI t] | Δrank-1 vs fixed [95% CI t] "
+        "| run wall time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm, a in arms.items():
         st = a.get("stats", {})
         if not st:
             continue
         fmt = lambda k: f"{st[k]['mean']:.1f} ± {st[k]['std']:.1f}" if k in st else "-"  # noqa: E731
         pr = a.get("paired", {}).get("fixed", {})
-        dfmt = lambda k: (f"{pr[k]['mean']:+.1f} [{pr[k]['ci95_t'][0]:+.1f}, {pr[k]['ci95_t'][1]:+.1f}]"  # noqa: E731
-                          if k in pr else "(baseline)")
+        dfmt = lambda k: (
+            f"{pr[k]['mean']:+.1f} [{pr[k]['ci95_t'][0]:+.1f}, {pr[k]['ci95_t'][1]:+.1f}]"  # noqa: E731
+            if k in pr
+            else "(baseline)"
+        )
         walls = [v["wall_time_s"] for v in a["per_seed"].values() if v.get("wall_time_s")]
-        lines.append(f"| {arm} | {fmt('mAP')} | {fmt('rank1')} | {dfmt('mAP')} | {dfmt('rank1')} | "
-                     f"{np.mean(walls):.0f} |" if walls else f"| {arm} | {fmt('mAP')} | {fmt('rank1')} | - | - | - |")
+        lines.append(
+            f"| {arm} | {fmt('mAP')} | {fmt('rank1')} | {dfmt('mAP')} | {dfmt('rank1')} | {np.mean(walls):.0f} |"
+            if walls
+            else f"| {arm} | {fmt('mAP')} | {fmt('rank1')} | - | - | - |"
+        )
     lines += ["", "Per seed (mAP / rank-1):", ""]
     for arm, a in arms.items():
-        lines.append(f"- {arm}: " + ", ".join(f"seed {s}: {v['mAP']:.1f} / {v['rank1']:.1f}"
-                                              for s, v in a["per_seed"].items()))
+        lines.append(
+            f"- {arm}: " + ", ".join(f"seed {s}: {v['mAP']:.1f} / {v['rank1']:.1f}" for s, v in a["per_seed"].items())
+        )
     lines += ["", "Final learned weights 1/(k sigma^2) (seed 0):", ""]
     for arm, a in arms.items():
         w = a["per_seed"].get(str(summary["seeds"][0]), {}).get("weighting") or {}
@@ -200,12 +249,18 @@ def write_report(path, summary, wall, cmdline):
             lines.append(f"- {arm}: " + ", ".join(f"{k} {v:.3g}" for k, v in w["weights"].items()))
     traj = summary.get("trajectories") or {}
     if traj:
-        lines += ["", f"Weights 1/(k sigma^2) at the end of epochs 1, 3, 6, 9, 12 (seed {summary['seeds'][0]}; "
-                  "from TensorBoard `Train/galw/weight/*`):", "",
-                  "| arm | loss_rank | loss_cls | loss_att |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Weights 1/(k sigma^2) at the end of epochs 1, 3, 6, 9, 12 (seed {summary['seeds'][0]}; "
+            "from TensorBoard `Train/galw/weight/*`):",
+            "",
+            "| arm | loss_rank | loss_cls | loss_att |",
+            "|---|---|---|---|",
+        ]
         for arm, tr in traj.items():
-            cells = [" ".join(f"{tr[t][e - 1]:.2f}" for e in (1, 3, 6, 9, 12) if e <= len(tr.get(t, [])))
-                     for t in REID_TASKS]
+            cells = [
+                " ".join(f"{tr[t][e - 1]:.2f}" for e in (1, 3, 6, 9, 12) if e <= len(tr.get(t, []))) for t in REID_TASKS
+            ]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", summary["ci95"], ""]
     with open(path, "w") as f:
@@ -244,8 +299,13 @@ def main(argv=None):
             if os.path.isfile(src):
                 shutil.copy(src, os.path.join(args.results, name))
         shutil.copy(trends, os.path.join(args.results, "gradient_trends.json"))
-        groups_info = {"groups": groups, "num_groups": args.num_groups, "slopes": res["slopes"],
-                       "transformed": res["transformed"], "source": f"fixed arm, seed {seeds[0]}"}
+        groups_info = {
+            "groups": groups,
+            "num_groups": args.num_groups,
+            "slopes": res["slopes"],
+            "transformed": res["transformed"],
+            "source": f"fixed arm, seed {seeds[0]}",
+        }
     # a partition arm equal to the slope groups is the galw arm itself: not run twice (summary reads galw's runs)
     aliases = {}
     if groups_info is not None:
@@ -267,8 +327,11 @@ def main(argv=None):
         wall = 60.0 * json.load(open(spath)).get("wall_time_min", wall / 60.0)
     summary = summarize(args, args.arms, seeds, groups_info, aliases)
     summary["wall_time_min"] = round(wall / 60, 1)
-    summary["trajectories"] = {a: weight_trajectories(os.path.join(args.work, aliases.get(a, a), f"seed{seeds[0]}"))
-                               for a in args.arms if a not in ("fixed", "equal")}
+    summary["trajectories"] = {
+        a: weight_trajectories(os.path.join(args.work, aliases.get(a, a), f"seed{seeds[0]}"))
+        for a in args.arms
+        if a not in ("fixed", "equal")
+    }
     with open(spath, "w") as f:
         json.dump(summary, f, indent=1)
     cmdline = "python tools/reid_study.py " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -14,6 +14,7 @@ query mode). Writes ``OUTPUT/topk.json`` (query, then the hits: image, box, dete
 similarity, rank) and ``OUTPUT/topk.png`` (query crop + the top-k hits, each gallery image once per
 hit). A crop query is embedded as a whole image with its full-frame box.
 """
+
 import argparse
 import json
 import os
@@ -33,16 +34,28 @@ def parse_args(argv=None):
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--query-image", help="image that contains the query person (with --query-box)")
     q.add_argument("--query-crop", help="a crop of the query person")
-    p.add_argument("--query-box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
-                   help="query person box in --query-image, pixels")
+    p.add_argument(
+        "--query-box",
+        type=float,
+        nargs=4,
+        metavar=("X1", "Y1", "X2", "Y2"),
+        help="query person box in --query-image, pixels",
+    )
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     p.add_argument("--topk", type=int, default=5, help="number of hits to report (default 5)")
-    p.add_argument("--det-thresh", type=float, default=None,
-                   help="minimum detection score of a gallery person (default cfg.TEST.PERSON_SEARCH.DET_THRESH)")
+    p.add_argument(
+        "--det-thresh",
+        type=float,
+        default=None,
+        help="minimum detection score of a gallery person (default cfg.TEST.PERSON_SEARCH.DET_THRESH)",
+    )
     p.add_argument("--output", default=os.path.join(ROOT, "output", "search"), help="output folder")
-    p.add_argument("--allow-partial-weights", action="store_true",
-                   help="run even when --weights does not cover the model (tensors left randomly initialised; "
-                        "default: an error naming them)")
+    p.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="run even when --weights does not cover the model (tensors left randomly initialised; "
+        "default: an error naming them)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
     if a.query_image and a.query_box is None:
@@ -118,11 +131,19 @@ def _inputs(cfg, path: str, boxes=None) -> Dict:
 
     img = utils.read_image(path, format=cfg.INPUT.FORMAT)
     h, w = img.shape[:2]
-    rec = {"file_name": path, "image_id": 0, "image_name": os.path.basename(path), "height": h, "width": w,
-           "camera_id": -1, "annotations": []}
+    rec = {
+        "file_name": path,
+        "image_id": 0,
+        "image_name": os.path.basename(path),
+        "height": h,
+        "width": w,
+        "camera_id": -1,
+        "annotations": [],
+    }
     if boxes is not None:
-        rec.update(is_query=True, query_index=0, query_pid=-1,
-                   query_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        rec.update(
+            is_query=True, query_index=0, query_pid=-1, query_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        )
     return PersonSearchDatasetMapper(cfg, is_train=False)(rec), (h, w)
 
 
@@ -162,8 +183,9 @@ def search(cfg, model, query: Dict, gallery_paths: List[str], topk: int, det_thr
             for b, s, sim in zip(boxes, scores, sims):
                 cands.append({"image": p, "box": [float(x) for x in b], "score": float(s), "similarity": float(sim)})
     if len(skipped) == len(gallery_paths):
-        raise ValueError(f"none of the {len(gallery_paths)} gallery images could be read (first: "
-                         f"{skipped[0][0]}: {skipped[0][1]})")
+        raise ValueError(
+            f"none of the {len(gallery_paths)} gallery images could be read (first: {skipped[0][0]}: {skipped[0][1]})"
+        )
     cands.sort(key=lambda c: -c["similarity"])
     for r, c in enumerate(cands):
         c["rank"] = r + 1
@@ -224,27 +246,41 @@ def main(argv=None) -> int:
         w, h = _image_size(args.query_image, "--query-image")
         x1, y1, x2, y2 = args.query_box
         if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
-            raise ValueError(f"--query-box {args.query_box}: expected 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h} "
-                             f"(the size of {args.query_image})")
+            raise ValueError(
+                f"--query-box {args.query_box}: expected 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h} "
+                f"(the size of {args.query_image})"
+            )
         query = {"path": args.query_image, "box": [x1, y1, x2, y2]}
     cfg, model = load_model(args.config_file, args.weights, args.opts, args.allow_partial_weights)
     thr = cfg.TEST.PERSON_SEARCH.DET_THRESH if args.det_thresh is None else args.det_thresh
     _, hits, total, skipped = search(cfg, model, query, gallery, args.topk, thr)
     os.makedirs(args.output, exist_ok=True)
-    out = {"query": query, "gallery": os.path.abspath(args.gallery), "num_gallery_images": len(gallery),
-           "num_detections": total, "det_thresh": float(thr), "weights": os.path.abspath(args.weights), "hits": hits,
-           "skipped_images": [{"image": p, "reason": r} for p, r in skipped]}
+    out = {
+        "query": query,
+        "gallery": os.path.abspath(args.gallery),
+        "num_gallery_images": len(gallery),
+        "num_detections": total,
+        "det_thresh": float(thr),
+        "weights": os.path.abspath(args.weights),
+        "hits": hits,
+        "skipped_images": [{"image": p, "reason": r} for p, r in skipped],
+    }
     with open(os.path.join(args.output, "topk.json"), "w") as f:
         json.dump(out, f, indent=2)
     draw(query, hits, os.path.join(args.output, "topk.png"))
-    print(f"[search] {total} persons detected in {len(gallery) - len(skipped)} images (score >= {thr}); "
-          f"top {len(hits)}:")
+    print(
+        f"[search] {total} persons detected in {len(gallery) - len(skipped)} images (score >= {thr}); top {len(hits)}:"
+    )
     if skipped:
-        print(f"[search] WARNING: {len(skipped)} unreadable gallery images were skipped (listed in topk.json)",
-              file=sys.stderr)
+        print(
+            f"[search] WARNING: {len(skipped)} unreadable gallery images were skipped (listed in topk.json)",
+            file=sys.stderr,
+        )
     for hh in hits:
-        print(f"[search]   #{hh['rank']} sim {hh['similarity']:.3f}  {hh['image']}  box "
-              + " ".join(f"{v:.0f}" for v in hh["box"]))
+        print(
+            f"[search]   #{hh['rank']} sim {hh['similarity']:.3f}  {hh['image']}  box "
+            + " ".join(f"{v:.0f}" for v in hh["box"])
+        )
     print(f"[search] wrote {os.path.join(args.output, 'topk.json')} and topk.png")
     return 0
 

@@ -6,6 +6,7 @@ a few iterations and print every iteration's losses (checks torch + detectron2 +
 
 Exits non-zero if any loss is not finite. The main job is tools/demo.py (the GALW pipeline).
 """
+
 import argparse
 import math
 import os
@@ -14,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.engine import SimpleTrainer
@@ -83,8 +83,10 @@ def main(argv=None):
     cfg.freeze()
 
     model = build_model(cfg)
-    print(f"[demo] {cfg.MODEL.META_ARCHITECTURE} from {os.path.relpath(args.config_file, ROOT)}: "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {cfg.MODEL.DEVICE}")
+    print(
+        f"[demo] {cfg.MODEL.META_ARCHITECTURE} from {os.path.relpath(args.config_file, ROOT)}: "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {cfg.MODEL.DEVICE}"
+    )
     optimizer = build_optimizer(cfg, model)
     trainer = SimpleTrainer(model, build_detection_train_loader(cfg), optimizer)
     bad = 0
@@ -96,11 +98,17 @@ def main(argv=None):
             t0 = time.perf_counter()
             trainer.run_step()
             dt = time.perf_counter() - t0
-            losses = {k: v.median(1) for k, v in storage.histories().items() if k.startswith("loss") or k == "total_loss"}
+            losses = {
+                k: v.median(1) for k, v in storage.histories().items() if k.startswith("loss") or k == "total_loss"
+            }
             finite = all(math.isfinite(v) for v in losses.values())
             bad += not finite
-            print(f"[demo] iter {it + 1:3d}/{args.iters}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()))
-                  + f"  ({dt:.2f} s)" + ("" if finite else "  NON-FINITE"))
+            print(
+                f"[demo] iter {it + 1:3d}/{args.iters}  "
+                + "  ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()))
+                + f"  ({dt:.2f} s)"
+                + ("" if finite else "  NON-FINITE")
+            )
             sys.stdout.flush()
     if bad:
         print(f"[demo] {bad} iteration(s) had non-finite losses", file=sys.stderr)

@@ -11,6 +11,7 @@ Resumable: rerun the same command after an interruption; finished runs are not r
 Writes <output>/summary.json, report.md and forest.png. Run long studies in the background:
     nohup python tools/study.py ... > study.log 2>&1 &
 """
+
 import argparse
 import logging
 import sys
@@ -39,18 +40,31 @@ def main(argv=None) -> int:
     p.add_argument("--num-boot", type=int, default=2000, help="bootstrap resamples of the intervals")
     p.add_argument("--quick", action="store_true", help="tiny smoke version (CI)")
     p.add_argument("--summarize", action="store_true", help="only recompute the statistics of finished runs")
-    p.add_argument("--publish", default=None, metavar="DIR",
-                   help="then copy the light results (summary, report, figure, per-run result.json) to DIR")
+    p.add_argument(
+        "--publish",
+        default=None,
+        metavar="DIR",
+        help="then copy the light results (summary, report, figure, per-run result.json) to DIR",
+    )
     p.add_argument("--verbose", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     a = p.parse_args(argv)
     q = a.quick
-    s = StudySettings(output=a.output, arms=a.arms or (["fixed", "rulwf", "galw"] if q else list(TABLE3_ARMS)),
-                      seeds=a.seeds or ([0, 1] if q else [0, 1, 2, 3, 4]), dataset=a.dataset,
-                      preset=a.preset or ("tiny" if q else "medium"), config_file=a.config_file,
-                      iters=a.iters or (4 if q else 1000), epochs=a.epochs or (2 if q else 10),
-                      probe_period=a.probe_period or (2 if q else 5), num_groups=a.num_groups, data_dir=a.data_dir,
-                      opts=list(a.opts), num_boot=a.num_boot)
+    s = StudySettings(
+        output=a.output,
+        arms=a.arms or (["fixed", "rulwf", "galw"] if q else list(TABLE3_ARMS)),
+        seeds=a.seeds or ([0, 1] if q else [0, 1, 2, 3, 4]),
+        dataset=a.dataset,
+        preset=a.preset or ("tiny" if q else "medium"),
+        config_file=a.config_file,
+        iters=a.iters or (4 if q else 1000),
+        epochs=a.epochs or (2 if q else 10),
+        probe_period=a.probe_period or (2 if q else 5),
+        num_groups=a.num_groups,
+        data_dir=a.data_dir,
+        opts=list(a.opts),
+        num_boot=a.num_boot,
+    )
     try:
         if a.summarize:
             summary = summarize(s.output, s.seeds, s.arms, num_boot=s.num_boot, settings=s)

@@ -10,6 +10,7 @@ on the held-out split and write OUTPUT/metrics.json and OUTPUT/model_final.pth.
 
 Trailing ``KEY VALUE`` pairs override the config. ``--eval-only`` evaluates ATTRIBUTE_NET.WEIGHTS.
 """
+
 import argparse
 import json
 import logging

@@ -14,15 +14,15 @@
 
 Trailing ``KEY VALUE`` pairs override the config (detectron2's ``opts``).
 """
+
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
 import detectron2.utils.comm as comm  # noqa: E402
+import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
@@ -61,8 +61,10 @@ def load_eval_weights(cfg, model, args):
     ckp = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     path = ckp.get_checkpoint_file() if args.resume and ckp.has_checkpoint() else cfg.MODEL.WEIGHTS
     if not path:
-        raise ValueError("--eval-only needs trained weights: MODEL.WEIGHTS <file.pth> (or --resume with a "
-                         f"checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR})")
+        raise ValueError(
+            "--eval-only needs trained weights: MODEL.WEIGHTS <file.pth> (or --resume with a "
+            f"checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR})"
+        )
     logger.info(f"[eval-only] loading {path}")
     # getattr: callers may build args with detectron2's own default_argument_parser()
     return load_model_weights(model, path, allow_partial=getattr(args, "allow_partial_weights", False))
@@ -86,9 +88,12 @@ def main(args):
 def build_argument_parser():
     """detectron2's standard parser plus ``--allow-partial-weights`` (eval-only)."""
     parser = default_argument_parser()
-    parser.add_argument("--allow-partial-weights", action="store_true",
-                        help="--eval-only: evaluate even when the weights do not cover the model (tensors left "
-                             "randomly initialised; default: an error naming them)")
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="--eval-only: evaluate even when the weights do not cover the model (tensors left "
+        "randomly initialised; default: an error naming them)",
+    )
     return parser
 
 

@@ -11,6 +11,7 @@ scalars (each loss, total, sigma / weights) and, with GALW.RECORD.ENABLED, the g
 ``--resume`` continues from DIR/last_checkpoint.pth; ``--eval-only CKPT`` evaluates a checkpoint.
 Trailing ``KEY VALUE`` pairs override the config.
 """
+
 import argparse
 import json
 import os
@@ -34,8 +35,12 @@ def main(argv=None):
         p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
     cfg = setup_cfg(args.config_file, args.opts, args.output)
     metrics = run_training(cfg, resume=args.resume, eval_only=args.eval_only, progress=not args.no_progress)
-    print(json.dumps({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "weighting", "wall_time_s")
-                      if k in metrics}, indent=1))
+    print(
+        json.dumps(
+            {k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "weighting", "wall_time_s") if k in metrics},
+            indent=1,
+        )
+    )
     return 0
 
 

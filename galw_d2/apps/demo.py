@@ -25,6 +25,7 @@ Output folder layout::
     metrics.json                   {"search", "random_init", "phase1", "groups", "detection", "settings", ...}
     report.md                      the results table and what was run
 """
+
 import json
 import os
 import shutil
@@ -37,9 +38,9 @@ from ..engine.person_search import PersonSearchTrainer
 from ..galw.workflow import TwoPhase
 from .console import setup_console
 from .evaluation import det_thresh, evaluate_model, make_figures, search_metrics
-from .run_dir import check_run_settings, claim_output_dir, run_settings
 from .recipe import PRESETS, PipelineSettings, build_cfg, prepare_dataset, save_cfg
 from .report import Stages, print_summary, short_task_name, write_report
+from .run_dir import check_run_settings, claim_output_dir, run_settings
 
 __all__ = ["run_pipeline"]
 
@@ -81,13 +82,24 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
         st.start("random_init", "random-init model on the test split (the floor)")
         init["state"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         torch.save({"model": init["state"]}, os.path.join(out, "model_init.pth"))
-        init["res"] = evaluate_model(trainer.cfg, trainer.model, test_name, os.path.join(out, "eval", "random_init"),
-                                     "eval random-init", save_results=True)
+        init["res"] = evaluate_model(
+            trainer.cfg,
+            trainer.model,
+            test_name,
+            os.path.join(out, "eval", "random_init"),
+            "eval random-init",
+            save_results=True,
+        )
         r = search_metrics(init["res"])
-        print(f"[demo] random init: search mAP {100 * r.get('mAP', 0):.2f}%  top-1 {100 * r.get('top1', 0):.2f}%",
-              flush=True)
-        st.start("phase1", f"phase 1: {s.phase1_iters} iterations, {trainer.cfg.GALW.STRATEGY.upper()} (ungrouped), "
-                           "recording gradient trends")
+        print(
+            f"[demo] random init: search mAP {100 * r.get('mAP', 0):.2f}%  top-1 {100 * r.get('top1', 0):.2f}%",
+            flush=True,
+        )
+        st.start(
+            "phase1",
+            f"phase 1: {s.phase1_iters} iterations, {trainer.cfg.GALW.STRATEGY.upper()} (ungrouped), "
+            "recording gradient trends",
+        )
 
     wf = TwoPhase(cfg, _trainer_with_bar("phase 1"), out, resume=s.resume, on_built=on_built)
     cfg1 = wf.phase1_cfg()
@@ -95,10 +107,13 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
     p1 = wf.run_phase1()
     res_p1 = None
     if s.eval_phase1:
-        res_p1 = evaluate_model(cfg1, p1.trainer.model, test_name, os.path.join(out, "eval", "phase1"),
-                                "eval phase 1", save_results=True)
-        print(f"[demo] phase 1 ({cfg1.GALW.STRATEGY}): search mAP {100 * search_metrics(res_p1).get('mAP', 0):.2f}%",
-              flush=True)
+        res_p1 = evaluate_model(
+            cfg1, p1.trainer.model, test_name, os.path.join(out, "eval", "phase1"), "eval phase 1", save_results=True
+        )
+        print(
+            f"[demo] phase 1 ({cfg1.GALW.STRATEGY}): search mAP {100 * search_metrics(res_p1).get('mAP', 0):.2f}%",
+            flush=True,
+        )
     del p1.trainer
 
     st.start("grouping", f"grouping the tasks into {s.num_groups} groups from the gradient trends")
@@ -116,16 +131,23 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
     cfg2 = wf.phase2_cfg(groups, s.phase2_strategy, base_cfg=cfg2_base)
     save_cfg(cfg2, os.path.join(out, "configs", "phase2.yaml"))
     p2 = wf.run_phase2(groups, s.phase2_strategy, base_cfg=cfg2_base)
-    same_init = None if p1.initial_digest is None or p2.initial_digest is None else \
-        p1.initial_digest == p2.initial_digest
+    same_init = (
+        None if p1.initial_digest is None or p2.initial_digest is None else p1.initial_digest == p2.initial_digest
+    )
 
     st.start("eval", "standard protocol on the test split, gallery-size curve, top-k figure")
-    res_p2 = evaluate_model(cfg2, p2.trainer.model, test_name, os.path.join(out, "eval", "phase2"), "eval phase 2",
-                            save_results=True)
+    res_p2 = evaluate_model(
+        cfg2, p2.trainer.model, test_name, os.path.join(out, "eval", "phase2"), "eval phase 2", save_results=True
+    )
     p1_label = f"phase 1 ({cfg1.GALW.STRATEGY.upper()})"
-    dirs = {"random init": os.path.join(out, "eval", "random_init"), p1_label: os.path.join(out, "eval", "phase1"),
-            f"phase 2 ({s.phase2_strategy.upper()})": os.path.join(out, "eval", "phase2")}
-    extras = make_figures(cfg2, data, test_name, dirs, out, PRESETS["quick" if s.quick else "demo"]["max_queries_figure"])
+    dirs = {
+        "random init": os.path.join(out, "eval", "random_init"),
+        p1_label: os.path.join(out, "eval", "phase1"),
+        f"phase 2 ({s.phase2_strategy.upper()})": os.path.join(out, "eval", "phase2"),
+    }
+    extras = make_figures(
+        cfg2, data, test_name, dirs, out, PRESETS["quick" if s.quick else "demo"]["max_queries_figure"]
+    )
 
     st.start("report", "metrics.json and report.md")
     st.end()
@@ -138,11 +160,18 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
         "grouping": {k: v for k, v in grouping.items() if k not in ("groups", "paths")},
         "gallery_size_curve": extras.get("gallery_size_curve"),
         "gallery_size_curves": extras.get("curves"),
-        "settings": {**asdict(s), "phase1_strategy": str(cfg1.GALW.STRATEGY), "seed_used": int(cfg1.SEED),
-                     "probe_loss": str(cfg1.GALW.RECORD.PROBE_LOSS),
-                     "dataset_prefix": data["prefix"], "dataset_root": data["root"], "det_thresh": det_thresh(cfg2),
-                     "same_initial_weights_both_phases": same_init, "device": str(cfg2.MODEL.DEVICE),
-                     "torch_threads": torch.get_num_threads()},
+        "settings": {
+            **asdict(s),
+            "phase1_strategy": str(cfg1.GALW.STRATEGY),
+            "seed_used": int(cfg1.SEED),
+            "probe_loss": str(cfg1.GALW.RECORD.PROBE_LOSS),
+            "dataset_prefix": data["prefix"],
+            "dataset_root": data["root"],
+            "det_thresh": det_thresh(cfg2),
+            "same_initial_weights_both_phases": same_init,
+            "device": str(cfg2.MODEL.DEVICE),
+            "torch_threads": torch.get_num_threads(),
+        },
         "evaluation_raw": {"random_init": init["res"], "phase1": res_p1, "phase2": res_p2},
         "runtime_s": {**st.times, "total": round(st.elapsed(), 1)},
     }
@@ -152,4 +181,3 @@ def run_pipeline(settings: PipelineSettings, verbose: bool = False) -> Dict:
     print_summary(metrics)
     run_dir.release()
     return metrics
-

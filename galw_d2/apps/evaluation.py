@@ -1,6 +1,7 @@
 """Evaluation of person-search models for the applications: the standard protocol over a test
 split with a progress bar, the gallery-size curve (Fig. 4) and the top-k figure (Fig. 5), re-scored
 from the saved results without new inference."""
+
 import json
 import os
 from typing import Dict, List
@@ -85,13 +86,20 @@ def gallery_size_curve(results: Dict, test_name: str, fmt: str, det_thresh: floa
         for cc in (False, True):
             proto = get_search_protocol(test_name, cross_camera=cc)
             r = evaluate_results(proto, results, det_thresh=det_thresh, detection=False)["search"]
-            curve.append({"gallery_size": "cross-camera" if cc else "standard", "protocol": proto.name,
-                          "mAP": r["mAP"], "top1": r["top1"]})
+            curve.append(
+                {
+                    "gallery_size": "cross-camera" if cc else "standard",
+                    "protocol": proto.name,
+                    "mAP": r["mAP"],
+                    "top1": r["top1"],
+                }
+            )
     return curve
 
 
-def make_figures(cfg, data: Dict, test_name: str, results_dirs: Dict[str, str], out: str, max_queries: int,
-                 topk: int = 5) -> Dict:
+def make_figures(
+    cfg, data: Dict, test_name: str, results_dirs: Dict[str, str], out: str, max_queries: int, topk: int = 5
+) -> Dict:
     """Gallery-size curves (one per evaluated model, Fig. 4) and the top-k figure of the last model
     (Fig. 5), from the saved results. ``results_dirs``: {label: folder with search_results.pth},
     the figure's model last. Returns {"gallery_size_curve": [...] (last model), "curves": {label: [...]}}."""
@@ -106,22 +114,37 @@ def make_figures(cfg, data: Dict, test_name: str, results_dirs: Dict[str, str], 
     last = curves[list(curves)[-1]] if curves else []
     with open(os.path.join(out, "gallery_size_curve.json"), "w") as f:
         json.dump({"det_thresh": thr, "curves": curves}, f, indent=2)
-    pts = {k: {c["gallery_size"]: c["mAP"] for c in v if isinstance(c["gallery_size"], int) and c["gallery_size"] > 0}
-           for k, v in curves.items()}
+    pts = {
+        k: {c["gallery_size"]: c["mAP"] for c in v if isinstance(c["gallery_size"], int) and c["gallery_size"] > 0}
+        for k, v in curves.items()
+    }
     pts = {k: v for k, v in pts.items() if v}
     if pts:
-        plot_map_vs_gallery_size(pts, os.path.join(out, "gallery_size_curve.png"),
-                                 title=f"SynthPS ({data['fmt']} layout) test split")
+        plot_map_vs_gallery_size(
+            pts, os.path.join(out, "gallery_size_curve.png"), title=f"SynthPS ({data['fmt']} layout) test split"
+        )
     if results is not None:
-        proto = get_search_protocol(test_name, gallery_size=int(cfg.TEST.PERSON_SEARCH.GALLERY_SIZE)) \
-            if data["fmt"] == "cuhk_sysu" else get_search_protocol(test_name)
-        files = {r.get("image_name", os.path.basename(r["file_name"])): r["file_name"]
-                 for r in DatasetCatalog.get(test_name)}
+        proto = (
+            get_search_protocol(test_name, gallery_size=int(cfg.TEST.PERSON_SEARCH.GALLERY_SIZE))
+            if data["fmt"] == "cuhk_sysu"
+            else get_search_protocol(test_name)
+        )
+        files = {
+            r.get("image_name", os.path.basename(r["file_name"])): r["file_name"] for r in DatasetCatalog.get(test_name)
+        }
         qf = np.stack([q["feat"] for q in results["queries"]])
         idx = list(range(min(max_queries, len(proto.queries))))
         if idx:
-            plot_topk_search(proto, results["gallery"], qf, idx, lambda n: files[n],
-                             os.path.join(out, "topk_search.png"), k=topk, det_thresh=thr)
+            plot_topk_search(
+                proto,
+                results["gallery"],
+                qf,
+                idx,
+                lambda n: files[n],
+                os.path.join(out, "topk_search.png"),
+                k=topk,
+                det_thresh=thr,
+            )
     return {"gallery_size_curve": last, "curves": curves}
 
 

@@ -1,5 +1,6 @@
 """The SynthPS recipe of the demo and the study: dataset generation/registration and the short-run
 config of ROI-AlignPS* tiny (model YAML + a schedule scaled to the run + the GALW keys)."""
+
 import copy
 import glob
 import os
@@ -16,8 +17,16 @@ from ..data import register_synthps
 from ..data.synthps import generate_synthps
 from ..model_zoo import get_config_file
 
-__all__ = ["PRESETS", "DEFAULT_CONFIG", "PipelineSettings", "prepare_dataset", "build_cfg", "available_gallery_sizes",
-           "save_cfg", "default_data_dir"]
+__all__ = [
+    "PRESETS",
+    "DEFAULT_CONFIG",
+    "PipelineSettings",
+    "prepare_dataset",
+    "build_cfg",
+    "available_gallery_sizes",
+    "save_cfg",
+    "default_data_dir",
+]
 
 DEFAULT_CONFIG = "synthps/roi_alignps_R18_tiny_synthps.yaml"  # under galw_d2.model_zoo.configs_root()
 
@@ -27,10 +36,18 @@ DEFAULT_CONFIG = "synthps/roi_alignps_R18_tiny_synthps.yaml"  # under galw_d2.mo
 # ~9 min for the whole demo, leaving room for slower CPUs within the 20-minute budget.
 # "quick" is the CI smoke test.
 PRESETS: Dict[str, Dict] = {
-    "demo": dict(preset="small", phase1_iters=1000, phase2_iters=1000, epochs=6, probe_period=5, max_queries_figure=4,
-                 eval_phase1=True),
-    "quick": dict(preset="tiny", phase1_iters=4, phase2_iters=4, epochs=2, probe_period=2, max_queries_figure=2,
-                  eval_phase1=False),
+    "demo": dict(
+        preset="small",
+        phase1_iters=1000,
+        phase2_iters=1000,
+        epochs=6,
+        probe_period=5,
+        max_queries_figure=4,
+        eval_phase1=True,
+    ),
+    "quick": dict(
+        preset="tiny", phase1_iters=4, phase2_iters=4, epochs=2, probe_period=2, max_queries_figure=2, eval_phase1=False
+    ),
 }
 
 
@@ -77,12 +94,18 @@ def prepare_dataset(settings: PipelineSettings) -> Dict:
     name = settings.dataset
     if not name.startswith("synthps"):
         if f"{name}_train" not in DatasetCatalog.list():
-            raise ValueError(f"--dataset {name!r}: no registered dataset {name}_train; use synthps_cuhk_sysu, "
-                             f"synthps_prw or a registered prefix such as cuhk_sysu / prw")
+            raise ValueError(
+                f"--dataset {name!r}: no registered dataset {name}_train; use synthps_cuhk_sysu, "
+                f"synthps_prw or a registered prefix such as cuhk_sysu / prw"
+            )
         meta = MetadataCatalog.get(f"{name}_train")
-        return {"prefix": name, "fmt": getattr(meta, "dataset_type", "?"), "root": getattr(meta, "root", "?"),
-                "synthetic": False}
-    fmt = name[len("synthps_"):] or "cuhk_sysu"
+        return {
+            "prefix": name,
+            "fmt": getattr(meta, "dataset_type", "?"),
+            "root": getattr(meta, "root", "?"),
+            "synthetic": False,
+        }
+    fmt = name[len("synthps_") :] or "cuhk_sysu"
     fmt = {"cuhk": "cuhk_sysu", "cuhk_sysu": "cuhk_sysu", "prw": "prw"}.get(fmt)
     if fmt is None:
         raise ValueError(f"--dataset {name!r}: expected synthps_cuhk_sysu or synthps_prw")

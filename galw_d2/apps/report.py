@@ -1,5 +1,6 @@
 """Console output and reports of the applications: numbered stage lines, the results table,
 report.md (Markdown) and the published numbers they are shown next to."""
+
 import os
 import time
 from typing import Dict, Optional
@@ -45,9 +46,11 @@ def pct(d: Optional[Dict], k: str) -> str:
 
 def write_report(m: Dict, path: str) -> None:
     s = m["settings"]
-    rows = [("random initial weights", m["random_init"]),
-            (f"phase 1: {s['phase1_strategy'].upper()}, no grouping", m.get("phase1")),
-            (f"phase 2: {s['phase2_strategy'].upper()} ({len(m['groups'])} groups)", m["search"])]
+    rows = [
+        ("random initial weights", m["random_init"]),
+        (f"phase 1: {s['phase1_strategy'].upper()}, no grouping", m.get("phase1")),
+        (f"phase 2: {s['phase2_strategy'].upper()} ({len(m['groups'])} groups)", m["search"]),
+    ]
     lines = [
         "# GALW demo report",
         "",
@@ -75,15 +78,35 @@ def write_report(m: Dict, path: str) -> None:
         lines += ["", "## mAP vs gallery size", "", "| gallery size | mAP (%) | top-1 (%) |", "|---|---|---|"]
         for row in curve:
             lines.append(f"| {row['gallery_size']} | {100 * row['mAP']:.2f} | {100 * row['top1']:.2f} |")
-    lines += ["", "## Published numbers (paper, real datasets; NOT comparable with SynthPS)", "",
-              "| method | CUHK-SYSU mAP / top-1 | PRW mAP / top-1 |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Published numbers (paper, real datasets; NOT comparable with SynthPS)",
+        "",
+        "| method | CUHK-SYSU mAP / top-1 | PRW mAP / top-1 |",
+        "|---|---|---|",
+    ]
     for name, c, p in PAPER_NUMBERS:
         lines.append(f"| {name} | {c[0]} / {c[1]} | {p[0]} / {p[1]} |")
     rt = m["runtime_s"]
-    lines += ["", "## Runtime (s)", "", "| " + " | ".join(rt) + " |", "|" + "---|" * len(rt),
-              "| " + " | ".join(str(v) for v in rt.values()) + " |", ""]
-    figs = [f for f in ("gallery_size_curve.png", "topk_search.png", "grouping/gradient_trends.png",
-                        "grouping/dendrogram.png") if os.path.exists(os.path.join(os.path.dirname(path), f))]
+    lines += [
+        "",
+        "## Runtime (s)",
+        "",
+        "| " + " | ".join(rt) + " |",
+        "|" + "---|" * len(rt),
+        "| " + " | ".join(str(v) for v in rt.values()) + " |",
+        "",
+    ]
+    figs = [
+        f
+        for f in (
+            "gallery_size_curve.png",
+            "topk_search.png",
+            "grouping/gradient_trends.png",
+            "grouping/dendrogram.png",
+        )
+        if os.path.exists(os.path.join(os.path.dirname(path), f))
+    ]
     if figs:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     with open(path, "w") as f:
@@ -99,7 +122,10 @@ def print_summary(m: Dict) -> None:
     if m.get("phase1"):
         print(f"[demo] {'phase 1 (ungrouped)':<34} {pct(m['phase1'], 'mAP'):>8} {pct(m['phase1'], 'top1'):>8}")
     print(f"[demo] {'phase 2 (GALW, grouped)':<34} {pct(t, 'mAP'):>8} {pct(t, 'top1'):>8}")
-    print("[demo] groups: " + "  ".join("{" + ",".join(short_task_name(x).split(" ")[0] for x in g) + "}" for g in m["groups"]))
+    print(
+        "[demo] groups: "
+        + "  ".join("{" + ",".join(short_task_name(x).split(" ")[0] for x in g) + "}" for g in m["groups"])
+    )
     print(f"[demo] total runtime {m['runtime_s']['total']:.0f} s; output in {m['settings']['output']}", flush=True)
 
 

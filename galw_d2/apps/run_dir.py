@@ -11,6 +11,7 @@
   reported as seed 1. A fresh run into a folder that holds an earlier run is refused unless
   ``overwrite``.
 """
+
 import fcntl
 import json
 import os
@@ -22,8 +23,21 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 
 # The pipeline settings a resumed run must share (where the data lives, --eval-phase1 and the like may change).
-RUN_FIELDS = ("dataset", "config_file", "quick", "preset", "seed", "num_groups", "phase1_iters", "phase2_iters",
-              "epochs", "probe_period", "phase1_strategy", "phase2_strategy", "opts")
+RUN_FIELDS = (
+    "dataset",
+    "config_file",
+    "quick",
+    "preset",
+    "seed",
+    "num_groups",
+    "phase1_iters",
+    "phase2_iters",
+    "epochs",
+    "probe_period",
+    "phase1_strategy",
+    "phase2_strategy",
+    "opts",
+)
 
 
 def run_settings(settings) -> Dict:
@@ -74,15 +88,22 @@ def _lock(path: str) -> int:
             other = os.read(fd, 64).decode(errors="replace").strip() or "?"
         finally:
             os.close(fd)
-        raise RuntimeError(f"output folder {path} is in use by another run (pid {other}, lock {lock}); wait for it "
-                           "to finish or choose another --output") from None
+        raise RuntimeError(
+            f"output folder {path} is in use by another run (pid {other}, lock {lock}); wait for it "
+            "to finish or choose another --output"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
 
 
-def claim_output_dir(path: str, settings: Mapping, resume: bool, overwrite: bool = False,
-                     earlier_markers=("phase1", "phase2", "metrics.json")) -> RunDir:
+def claim_output_dir(
+    path: str,
+    settings: Mapping,
+    resume: bool,
+    overwrite: bool = False,
+    earlier_markers=("phase1", "phase2", "metrics.json"),
+) -> RunDir:
     """Lock ``path`` and write or check its ``run.json``.
 
     Args:
@@ -103,20 +124,25 @@ def claim_output_dir(path: str, settings: Mapping, resume: bool, overwrite: bool
         want = json.loads(json.dumps(dict(settings), default=str))
         if resume:
             if not os.path.exists(run_file):
-                raise FileNotFoundError(f"--resume: {path} has no {RUN_FILE} (no run started there with these tools); "
-                                        "run without --resume")
+                raise FileNotFoundError(
+                    f"--resume: {path} has no {RUN_FILE} (no run started there with these tools); run without --resume"
+                )
             with open(run_file) as f:
                 have = json.load(f)
             diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
             if diff:
                 lines = "; ".join(f"{k}: {a!r} in the folder, {b!r} now" for k, (a, b) in diff.items())
-                raise ValueError(f"--resume: the run in {path} was started with other settings ({lines}); resume with "
-                                 "the same options or choose another --output")
+                raise ValueError(
+                    f"--resume: the run in {path} was started with other settings ({lines}); resume with "
+                    "the same options or choose another --output"
+                )
         else:
             earlier = [m for m in (RUN_FILE,) + tuple(earlier_markers) if os.path.exists(os.path.join(path, m))]
             if earlier and not overwrite:
-                raise FileExistsError(f"{path} holds an earlier run ({', '.join(earlier)}): pass --resume to continue "
-                                      "it, --overwrite to replace it, or choose another --output")
+                raise FileExistsError(
+                    f"{path} holds an earlier run ({', '.join(earlier)}): pass --resume to continue "
+                    "it, --overwrite to replace it, or choose another --output"
+                )
             tmp = f"{run_file}.tmp.{os.getpid()}"
             with open(tmp, "w") as f:
                 json.dump(want, f, indent=1, sort_keys=True)

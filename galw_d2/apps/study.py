@@ -21,6 +21,7 @@ continues an interrupted training from its last checkpoint. :func:`summarize` wr
 "group_stability": {...}, ...}``), ``report.md`` and ``forest.png`` (paired differences with their
 95% intervals). Statistics: :mod:`galw_d2.evaluation.stats`.
 """
+
 import json
 import os
 import time
@@ -70,20 +71,33 @@ class StudySettings:
             raise ValueError("a study needs at least one arm and one seed")
         unknown = [a for a in self.arms if a not in WEIGHTING_REGISTRY]
         if unknown:
-            raise ValueError(f"unknown arm(s) {unknown}; arms are names of the weighting registry: "
-                             f"{WEIGHTING_REGISTRY.names()}")
+            raise ValueError(
+                f"unknown arm(s) {unknown}; arms are names of the weighting registry: {WEIGHTING_REGISTRY.names()}"
+            )
         if len(set(self.arms)) != len(self.arms) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"arms and seeds must be unique, got {self.arms}, {self.seeds}")
         if self.iters < 1 or self.epochs < 2 or self.num_groups < 1:
-            raise ValueError(f"need iters >= 1, epochs >= 2, num_groups >= 1 (got {self.iters}, {self.epochs}, "
-                             f"{self.num_groups})")
+            raise ValueError(
+                f"need iters >= 1, epochs >= 2, num_groups >= 1 (got {self.iters}, {self.epochs}, {self.num_groups})"
+            )
 
 
 def _pipeline_settings(s: StudySettings, seed: int) -> PipelineSettings:
-    return PipelineSettings(dataset=s.dataset, config_file=s.config_file, output=s.output, seed=seed,
-                            num_groups=s.num_groups, data_dir=s.data_dir, phase1_iters=s.iters, phase2_iters=s.iters,
-                            epochs=s.epochs, probe_period=s.probe_period, opts=list(s.opts), preset=s.preset,
-                            eval_phase1=False).resolved()
+    return PipelineSettings(
+        dataset=s.dataset,
+        config_file=s.config_file,
+        output=s.output,
+        seed=seed,
+        num_groups=s.num_groups,
+        data_dir=s.data_dir,
+        phase1_iters=s.iters,
+        phase2_iters=s.iters,
+        epochs=s.epochs,
+        probe_period=s.probe_period,
+        opts=list(s.opts),
+        preset=s.preset,
+        eval_phase1=False,
+    ).resolved()
 
 
 def _check_or_write_settings(s: StudySettings) -> None:
@@ -94,8 +108,9 @@ def _check_or_write_settings(s: StudySettings) -> None:
             old = json.load(f)
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
-            raise ValueError(f"{path}: this output folder holds a study with other settings {diff} (old, new); "
-                             "use another --output")
+            raise ValueError(
+                f"{path}: this output folder holds a study with other settings {diff} (old, new); use another --output"
+            )
     os.makedirs(s.output, exist_ok=True)
     with open(path, "w") as f:
         json.dump(keep, f, indent=1)
@@ -104,16 +119,28 @@ def _check_or_write_settings(s: StudySettings) -> None:
 def _score(cfg, trainer, test_name: str, out_dir: str, desc: str, fmt: str) -> Dict:
     """Standard protocol + per-query AP / top-1 hits (re-scored from the saved results file)."""
     res = evaluate_model(cfg, trainer.model, test_name, out_dir, desc, save_results=True)
-    proto = get_search_protocol(test_name, gallery_size=int(cfg.TEST.PERSON_SEARCH.GALLERY_SIZE)) \
-        if fmt == "cuhk_sysu" else get_search_protocol(test_name)
-    pq = evaluate_results(proto, load_results(os.path.join(out_dir, "search_results.pth")), det_thresh=det_thresh(cfg),
-                          detection=False, return_per_query=True)["search"]
+    proto = (
+        get_search_protocol(test_name, gallery_size=int(cfg.TEST.PERSON_SEARCH.GALLERY_SIZE))
+        if fmt == "cuhk_sysu"
+        else get_search_protocol(test_name)
+    )
+    pq = evaluate_results(
+        proto,
+        load_results(os.path.join(out_dir, "search_results.pth")),
+        det_thresh=det_thresh(cfg),
+        detection=False,
+        return_per_query=True,
+    )["search"]
     valid = pq["per_query"]["count_gt"] > 0
-    return {"mAP": float(res["search"]["mAP"]), "top1": float(res["search"]["top1"]),
-            "top5": float(res["search"]["top5"]), "top10": float(res["search"]["top10"]),
-            "detection": res.get("detection"),
-            "per_query_ap": pq["per_query"]["ap"][valid].tolist(),
-            "per_query_top1": (pq["per_query"]["first_tp_rank"][valid] == 0).astype(float).tolist()}
+    return {
+        "mAP": float(res["search"]["mAP"]),
+        "top1": float(res["search"]["top1"]),
+        "top5": float(res["search"]["top5"]),
+        "top10": float(res["search"]["top10"]),
+        "detection": res.get("detection"),
+        "per_query_ap": pq["per_query"]["ap"][valid].tolist(),
+        "per_query_top1": (pq["per_query"]["first_tp_rank"][valid] == 0).astype(float).tolist(),
+    }
 
 
 def _write_json(path: str, obj) -> None:
@@ -151,8 +178,14 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
             p1 = wf.run_phase1()
             if p1_strategy in s.arms and not os.path.exists(p1_result):
                 os.makedirs(os.path.dirname(p1_result), exist_ok=True)
-                r = _score(p1.cfg, p1.trainer, test_name, os.path.join(out, p1_strategy, "eval"),
-                           f"eval s{seed} {p1_strategy}", data["fmt"])
+                r = _score(
+                    p1.cfg,
+                    p1.trainer,
+                    test_name,
+                    os.path.join(out, p1_strategy, "eval"),
+                    f"eval s{seed} {p1_strategy}",
+                    data["fmt"],
+                )
                 r.update(seed=seed, arm=p1_strategy, wall_s=round(time.perf_counter() - t0, 1), phase1=True)
                 _write_json(p1_result, r)
             wf.group(p1.trends)
@@ -166,21 +199,29 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
                 cfg = _arm_cfg(wf, arm, groups, os.path.join(out, arm))
                 try:
                     trainer = run_training(cfg, _trainer_cls(f"seed {seed} {arm}"), resume=True)
-                    r = _score(cfg, trainer, test_name, os.path.join(out, arm, "eval"), f"eval s{seed} {arm}",
-                               data["fmt"])
+                    r = _score(
+                        cfg, trainer, test_name, os.path.join(out, arm, "eval"), f"eval s{seed} {arm}", data["fmt"]
+                    )
                     del trainer
                 except FloatingPointError as e:  # a diverged run is a result (scored 0), not a crash
                     log(f"[study] seed {seed} {arm}: DIVERGED: {e}")
                     r = _diverged_result(p1_result, str(e))
-                r.update(seed=seed, arm=arm, wall_s=round(time.perf_counter() - t0, 1), phase1=False,
-                         groups=groups if arm in GROUPED_STRATEGIES else None)
+                r.update(
+                    seed=seed,
+                    arm=arm,
+                    wall_s=round(time.perf_counter() - t0, 1),
+                    phase1=False,
+                    groups=groups if arm in GROUPED_STRATEGIES else None,
+                )
                 _write_json(path, r)
             done += 1
             with open(path) as f:
                 r = json.load(f)
             el = time.perf_counter() - t_start
-            log(f"[study] {done}/{total} seed {seed} {arm:<13} mAP {100 * r['mAP']:6.2f}  top-1 {100 * r['top1']:6.2f}"
-                f"  ({r['wall_s']:.0f} s)  elapsed {el / 60:.1f} min")
+            log(
+                f"[study] {done}/{total} seed {seed} {arm:<13} mAP {100 * r['mAP']:6.2f}  top-1 {100 * r['top1']:6.2f}"
+                f"  ({r['wall_s']:.0f} s)  elapsed {el / 60:.1f} min"
+            )
     return summarize(s.output, s.seeds, s.arms, num_boot=s.num_boot, settings=s)
 
 
@@ -190,8 +231,16 @@ def _diverged_result(reference_result: str, message: str) -> Dict:
     if os.path.exists(reference_result):
         with open(reference_result) as f:
             n = len(json.load(f)["per_query_ap"])
-    return {"mAP": 0.0, "top1": 0.0, "top5": 0.0, "top10": 0.0, "detection": None, "diverged": message,
-            "per_query_ap": [0.0] * n, "per_query_top1": [0.0] * n}
+    return {
+        "mAP": 0.0,
+        "top1": 0.0,
+        "top5": 0.0,
+        "top10": 0.0,
+        "detection": None,
+        "diverged": message,
+        "per_query_ap": [0.0] * n,
+        "per_query_top1": [0.0] * n,
+    }
 
 
 def publish(output: str, dest: str) -> List[str]:
@@ -201,8 +250,15 @@ def publish(output: str, dest: str) -> List[str]:
     import shutil
 
     copied = []
-    pats = ["summary.json", "report.md", "forest.png", "study.json", "seed*/grouping/groups.json",
-            "seed*/grouping/gradient_trends.png", "seed*/*/result.json"]
+    pats = [
+        "summary.json",
+        "report.md",
+        "forest.png",
+        "study.json",
+        "seed*/grouping/groups.json",
+        "seed*/grouping/gradient_trends.png",
+        "seed*/*/result.json",
+    ]
     for pat in pats:
         for src in glob.glob(os.path.join(output, pat)):
             rel = os.path.relpath(src, output)
@@ -231,12 +287,21 @@ def summarize(output: str, seeds: List[int], arms: List[str], num_boot: int = 20
             else:
                 missing.append(f"seed{seed}/{arm}")
     complete = [sd for sd in seeds if all(sd in res[a] for a in arms)]
-    summary: Dict = {"unit": "percent", "seeds": seeds, "complete_seeds": complete, "missing_runs": missing,
-                     "arms": {}, "settings": asdict(settings) if settings is not None else None}
+    summary: Dict = {
+        "unit": "percent",
+        "seeds": seeds,
+        "complete_seeds": complete,
+        "missing_runs": missing,
+        "arms": {},
+        "settings": asdict(settings) if settings is not None else None,
+    }
     for arm in arms:
         per = {str(sd): {"mAP": 100 * r["mAP"], "top1": 100 * r["top1"]} for sd, r in res[arm].items()}
-        entry = {"per_seed": per, "paired": {},
-                 "wall_s": mean_std([r["wall_s"] for r in res[arm].values()]) if res[arm] else None}
+        entry = {
+            "per_seed": per,
+            "paired": {},
+            "wall_s": mean_std([r["wall_s"] for r in res[arm].values()]) if res[arm] else None,
+        }
         for k in ("mAP", "top1"):
             entry[k] = mean_std([v[k] for v in per.values()]) if per else None
         for base in BASELINES:
@@ -267,10 +332,15 @@ def _group_stability(output: str, seeds: List[int]) -> Dict:
     if len(groups) < 2:
         return {"groups": {str(k): v for k, v in groups.items()}, "pairwise_ari": {}, "mean_ari": None}
     tasks = sorted({t for g in groups.values() for grp in g for t in grp})
-    ari = {f"{a}-{b}": adjusted_rand_index(groups_to_labels(groups[a], tasks), groups_to_labels(groups[b], tasks))
-           for a, b in combinations(sorted(groups), 2)}
-    return {"groups": {str(k): v for k, v in groups.items()}, "pairwise_ari": ari,
-            "mean_ari": float(np.mean(list(ari.values())))}
+    ari = {
+        f"{a}-{b}": adjusted_rand_index(groups_to_labels(groups[a], tasks), groups_to_labels(groups[b], tasks))
+        for a, b in combinations(sorted(groups), 2)
+    }
+    return {
+        "groups": {str(k): v for k, v in groups.items()},
+        "pairwise_ari": ari,
+        "mean_ari": float(np.mean(list(ari.values()))),
+    }
 
 
 def _forest_plot(summary: Dict, path: str) -> Optional[str]:
@@ -301,13 +371,19 @@ def _forest_plot(summary: Dict, path: str) -> Optional[str]:
 def report_markdown(summary: Dict) -> str:
     """The study's tables as Markdown."""
     s = summary.get("settings") or {}
-    lines = ["# Loss-weighting study on SynthPS", "",
-             f"Dataset `{s.get('dataset')}` preset `{s.get('preset')}`, config `{s.get('config_file')}`, "
-             f"{s.get('iters')} iterations per run, phase-1 trends over {s.get('epochs')} epochs, G = "
-             f"{s.get('num_groups')}; seeds {summary['complete_seeds']} complete"
-             + (f", missing runs: {summary['missing_runs']}" if summary["missing_runs"] else "") + ".", "",
-             "| arm | mAP (%) mean ± std | top-1 (%) mean ± std | Δ mAP vs fixed [95% CI] | Δ mAP vs RULWF [95% CI] "
-             "| wall (s/run) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Loss-weighting study on SynthPS",
+        "",
+        f"Dataset `{s.get('dataset')}` preset `{s.get('preset')}`, config `{s.get('config_file')}`, "
+        f"{s.get('iters')} iterations per run, phase-1 trends over {s.get('epochs')} epochs, G = "
+        f"{s.get('num_groups')}; seeds {summary['complete_seeds']} complete"
+        + (f", missing runs: {summary['missing_runs']}" if summary["missing_runs"] else "")
+        + ".",
+        "",
+        "| arm | mAP (%) mean ± std | top-1 (%) mean ± std | Δ mAP vs fixed [95% CI] | Δ mAP vs RULWF [95% CI] "
+        "| wall (s/run) |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def fmt_ms(m):
         return "-" if not m else f"{m['mean']:.2f} ± {m['std']:.2f}"
@@ -317,15 +393,26 @@ def report_markdown(summary: Dict) -> str:
         return "-" if not d else f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
 
     for arm, e in summary["arms"].items():
-        lines.append(f"| {arm} | {fmt_ms(e['mAP'])} | {fmt_ms(e['top1'])} | {fmt_d(e, 'fixed')} | {fmt_d(e, 'rulwf')} "
-                     f"| {e['wall_s']['mean']:.0f} |" if e["wall_s"] else f"| {arm} | - | - | - | - | - |")
+        lines.append(
+            f"| {arm} | {fmt_ms(e['mAP'])} | {fmt_ms(e['top1'])} | {fmt_d(e, 'fixed')} | {fmt_d(e, 'rulwf')} "
+            f"| {e['wall_s']['mean']:.0f} |"
+            if e["wall_s"]
+            else f"| {arm} | - | - | - | - | - |"
+        )
     gs = summary["group_stability"]
-    lines += ["", "Intervals: percentile bootstrap (2000 resamples) over seeds and, within each seed, over test "
-              "queries, paired (the same queries for both arms); `summary.json` also holds Student-t intervals over "
-              "the per-seed differences (`ci95_t`).", ""]
+    lines += [
+        "",
+        "Intervals: percentile bootstrap (2000 resamples) over seeds and, within each seed, over test "
+        "queries, paired (the same queries for both arms); `summary.json` also holds Student-t intervals over "
+        "the per-seed differences (`ci95_t`).",
+        "",
+    ]
     if gs.get("mean_ari") is not None:
-        lines += [f"Group stability across seeds (phase-1 groupings): mean adjusted Rand index "
-                  f"{gs['mean_ari']:.2f} over {len(gs['pairwise_ari'])} seed pairs.", ""]
+        lines += [
+            f"Group stability across seeds (phase-1 groupings): mean adjusted Rand index "
+            f"{gs['mean_ari']:.2f} over {len(gs['pairwise_ari'])} seed pairs.",
+            "",
+        ]
         for sd, g in gs["groups"].items():
             lines.append(f"- seed {sd}: " + "  ".join("{" + ", ".join(g_) + "}" for g_ in g))
         lines.append("")

@@ -3,6 +3,7 @@ losses and attribute pseudo-labels for person-search datasets (task t11). See do
 
 Submodules import torch only; ``recognizer`` imports torchreid lazily when a model is built.
 """
+
 from .alm import ALM, MultiLevelALM, combine_levels  # noqa: F401
 from .losses import alm_bce_weights, attribute_bce, multi_level_bce, positive_ratio  # noqa: F401
 from .metrics import attribute_metrics, instance_based_metrics, label_based_metrics  # noqa: F401

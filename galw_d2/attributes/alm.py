@@ -19,6 +19,7 @@ the pooled vector, so memory is N x C x A x S^2 instead of N x A x C x H x W.
 :class:`MultiLevelALM` holds one ALM per pyramid level. Training supervises every level
 (deep supervision); prediction is the max over levels of the logits (= of the probabilities).
 """
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -29,8 +30,9 @@ __all__ = ["ALM", "MultiLevelALM", "combine_levels"]
 
 
 class ALM(nn.Module):
-    def __init__(self, in_channels: int, num_attributes: int, reduction: int = 16, sample_size: int = 8,
-                 init_scale: float = 0.8):
+    def __init__(
+        self, in_channels: int, num_attributes: int, reduction: int = 16, sample_size: int = 8, init_scale: float = 0.8
+    ):
         super().__init__()
         if in_channels <= 0 or num_attributes <= 0:
             raise ValueError(f"ALM needs in_channels > 0 and num_attributes > 0, got {in_channels}, {num_attributes}")
@@ -57,7 +59,7 @@ class ALM(nn.Module):
         self.cls_w = nn.Parameter(torch.empty(A, C))
         self.cls_b = nn.Parameter(torch.zeros(A))
         for w, fan_in in ((self.se_w1, C), (self.se_w2, R), (self.cls_w, C)):
-            nn.init.uniform_(w, -fan_in ** -0.5, fan_in ** -0.5)
+            nn.init.uniform_(w, -(fan_in**-0.5), fan_in**-0.5)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> channel gains (N, A, C) in (1, 2)."""

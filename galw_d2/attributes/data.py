@@ -15,6 +15,7 @@ A *sample* is a dict ``{"file_name": str, "box": [x1, y1, x2, y2] or None (whole
   cropped from the images of one split of the person-search layout, as the dataset loaders read it
   (:func:`galw_d2.data.datasets.load_cuhk_sysu` / ``load_prw``: train, and gallery = test).
 """
+
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,9 +25,17 @@ from torch.utils.data import Dataset
 
 from galw_d2.data.datasets.common import mat_str_list
 
-__all__ = ["load_pa100k", "load_attribute_list", "write_attribute_list", "load_synthps_attributes",
-           "load_synthps_crops", "synthps_split_images", "load_attribute_samples", "CropDataset",
-           "samples_to_targets"]
+__all__ = [
+    "load_pa100k",
+    "load_attribute_list",
+    "write_attribute_list",
+    "load_synthps_attributes",
+    "load_synthps_crops",
+    "synthps_split_images",
+    "load_attribute_samples",
+    "CropDataset",
+    "samples_to_targets",
+]
 
 
 def load_pa100k(root: str, split: str = "train", image_dir: str = "") -> Tuple[List[dict], List[str]]:
@@ -51,13 +60,14 @@ def load_pa100k(root: str, split: str = "train", image_dir: str = "") -> Tuple[L
         files = mat_str_list(mat[kn], f"{path}: {kn}")
         labels = np.asarray(mat[kl])
         if labels.shape != (len(files), len(names)):
-            raise ValueError(f"{path}: {kl} has shape {labels.shape}, expected ({len(files)}, {len(names)}) "
-                             f"= ({kn} entries, attributes)")
+            raise ValueError(
+                f"{path}: {kl} has shape {labels.shape}, expected ({len(files)}, {len(names)}) "
+                f"= ({kn} entries, attributes)"
+            )
         if not np.isin(labels, (0, 1)).all():
             raise ValueError(f"{path}: {kl} must be 0/1")
         for f, l in zip(files, labels):
-            samples.append({"file_name": os.path.join(image_dir, f), "box": None,
-                            "attributes": [int(v) for v in l]})
+            samples.append({"file_name": os.path.join(image_dir, f), "box": None, "attributes": [int(v) for v in l]})
     return samples, names
 
 
@@ -77,7 +87,9 @@ def load_attribute_list(path: str, attribute_names: Optional[Sequence[str]] = No
                 if body.lower().startswith("attributes:") and not samples:
                     header = body.split(":", 1)[1].split()
                     if names is not None and list(names) != header:
-                        raise ValueError(f"{path}:{lineno}: header attributes {header} differ from the given {list(names)}")
+                        raise ValueError(
+                            f"{path}:{lineno}: header attributes {header} differ from the given {list(names)}"
+                        )
                     names = header
                 continue
             parts = line.split()
@@ -86,7 +98,9 @@ def load_attribute_list(path: str, attribute_names: Optional[Sequence[str]] = No
             try:
                 vals = [int(v) for v in parts[1:]]
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: attribute values must be integers 0/1/-1, got {parts[1:]}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: attribute values must be integers 0/1/-1, got {parts[1:]}"
+                ) from None
             if any(v not in (-1, 0, 1) for v in vals):
                 raise ValueError(f"{path}:{lineno}: attribute values must be 0, 1 or -1 (unlabeled), got {vals}")
             if names is None:
@@ -118,10 +132,15 @@ def load_synthps_attributes(root: str) -> Tuple[List[str], List[dict]]:
 
     attr = load_attribute_file(root)
     if attr is None:
-        raise FileNotFoundError(f"SynthPS attribute file {os.path.join(root, ATTRIBUTE_FILE)!r} not found "
-                                "(generate the root with tools/make_synthps.py)")
-    persons = [{"image": image, "box": [float(v) for v in box], "attributes": labels}
-               for image, entries in attr["persons"].items() for box, labels in entries]
+        raise FileNotFoundError(
+            f"SynthPS attribute file {os.path.join(root, ATTRIBUTE_FILE)!r} not found "
+            "(generate the root with tools/make_synthps.py)"
+        )
+    persons = [
+        {"image": image, "box": [float(v) for v in box], "attributes": labels}
+        for image, entries in attr["persons"].items()
+        for box, labels in entries
+    ]
     return attr["attribute_names"], persons
 
 
@@ -134,9 +153,11 @@ def synthps_split_images(root: str, fmt: str) -> Dict[str, List[str]]:
     if fmt not in loaders:
         raise ValueError(f"SynthPS format must be 'cuhk_sysu' or 'prw', got {fmt!r}")
     load, image_dir = loaders[fmt]
-    return {"train": [r["image_name"] for r in load(root, "train")],
-            "test": [r["image_name"] for r in load(root, "gallery")],
-            "image_dir": [os.path.join(root, *image_dir)]}
+    return {
+        "train": [r["image_name"] for r in load(root, "train")],
+        "test": [r["image_name"] for r in load(root, "gallery")],
+        "image_dir": [os.path.join(root, *image_dir)],
+    }
 
 
 def load_synthps_crops(root: str, split: str, fmt: str = "cuhk_sysu") -> Tuple[List[dict], List[str]]:
@@ -147,9 +168,16 @@ def load_synthps_crops(root: str, split: str, fmt: str = "cuhk_sysu") -> Tuple[L
     sp = synthps_split_images(root, fmt)
     keep = set(sp[split])
     image_dir = sp["image_dir"][0]
-    samples = [{"file_name": os.path.join(image_dir, p["image"]), "image_name": p["image"],
-                "box": [float(v) for v in p["box"]], "attributes": [int(v) for v in p["attributes"]]}
-               for p in persons if p["image"] in keep]
+    samples = [
+        {
+            "file_name": os.path.join(image_dir, p["image"]),
+            "image_name": p["image"],
+            "box": [float(v) for v in p["box"]],
+            "attributes": [int(v) for v in p["attributes"]],
+        }
+        for p in persons
+        if p["image"] in keep
+    ]
     if not samples:
         raise ValueError(f"SynthPS root {root!r} ({fmt}): no person of {split!r} images in synthps_attributes.json")
     return samples, names
@@ -162,9 +190,11 @@ def load_attribute_samples(cfg, split: str) -> Tuple[List[dict], List[str]]:
         root = d.ROOT
         if not os.path.exists(os.path.join(root, "synthps_attributes.json")):
             if not d.SYNTHPS_PRESET:
-                raise FileNotFoundError(f"SynthPS root {root!r} not found; generate it with python tools/make_synthps.py "
-                                        f"--output {root} --format {d.SYNTHPS_FORMAT} --preset tiny, or set "
-                                        "ATTRIBUTE_NET.DATA.SYNTHPS_PRESET to generate it automatically")
+                raise FileNotFoundError(
+                    f"SynthPS root {root!r} not found; generate it with python tools/make_synthps.py "
+                    f"--output {root} --format {d.SYNTHPS_FORMAT} --preset tiny, or set "
+                    "ATTRIBUTE_NET.DATA.SYNTHPS_PRESET to generate it automatically"
+                )
             from galw_d2.data.synthps import generate_synthps
 
             generate_synthps(root, d.SYNTHPS_FORMAT, d.SYNTHPS_PRESET, int(d.SYNTHPS_SEED))
@@ -214,8 +244,15 @@ class CropDataset(Dataset):
     Training mode flips horizontally with probability ``flip_prob``. Samples without "attributes"
     get targets of -1 (used for inference)."""
 
-    def __init__(self, samples: Sequence[dict], input_size=(128, 64), train: bool = False, flip_prob: float = 0.5,
-                 cache: Optional[bool] = None, seed: int = 0):
+    def __init__(
+        self,
+        samples: Sequence[dict],
+        input_size=(128, 64),
+        train: bool = False,
+        flip_prob: float = 0.5,
+        cache: Optional[bool] = None,
+        seed: int = 0,
+    ):
         self.samples = list(samples)
         self.size = tuple(int(s) for s in input_size)
         self.train = train
@@ -243,7 +280,11 @@ class CropDataset(Dataset):
 
     def __getitem__(self, i):
         s = self.samples[i]
-        crop = self._crops[i] if self._crops is not None else _crop_resize(_read_rgb(s["file_name"]), s.get("box"), self.size)
+        crop = (
+            self._crops[i]
+            if self._crops is not None
+            else _crop_resize(_read_rgb(s["file_name"]), s.get("box"), self.size)
+        )
         if self.train and self.flip_prob > 0 and self._rng.random() < self.flip_prob:
             crop = crop[:, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255.0

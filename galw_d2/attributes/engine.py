@@ -10,11 +10,12 @@
      "per_attribute_mA": {name: value}, "num_train", "num_test", "threshold", "checkpoint",
      "checkpoint_sha256", "epochs", "train_seconds"}
 """
+
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_samples(model: AttributeRecognizer, dataset: CropDataset, batch_size: int = 64, device="cpu",
-                    progress: bool = False) -> np.ndarray:
+def predict_samples(
+    model: AttributeRecognizer, dataset: CropDataset, batch_size: int = 64, device="cpu", progress: bool = False
+) -> np.ndarray:
     """Probabilities (N, A) of every crop of ``dataset``, in order."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -61,26 +63,38 @@ def train_and_evaluate(cfg, output_dir: str, progress: bool = True) -> Dict[str,
     test_s, test_names = load_attribute_samples(cfg, "test")
     if list(names) != list(test_names):
         raise ValueError(f"train and held-out attribute names differ: {names} vs {test_names}")
-    logger.info("attribute recognizer: %d train / %d held-out crops, %d attributes", len(train_s), len(test_s), len(names))
+    logger.info(
+        "attribute recognizer: %d train / %d held-out crops, %d attributes", len(train_s), len(test_s), len(names)
+    )
     model = build_recognizer(cfg, len(names)).to(device)
     if c.WEIGHTS:
         from .recognizer import load_recognizer
 
         loaded, lnames, _ = load_recognizer(c.WEIGHTS)
         if lnames != list(names):
-            raise ValueError(f"ATTRIBUTE_NET.WEIGHTS {c.WEIGHTS!r} was trained on attributes {lnames}, data has {list(names)}")
+            raise ValueError(
+                f"ATTRIBUTE_NET.WEIGHTS {c.WEIGHTS!r} was trained on attributes {lnames}, data has {list(names)}"
+            )
         model.load_state_dict(loaded.state_dict())
     train_targets = samples_to_targets(train_s)
     model.pos_ratio.copy_(positive_ratio(train_targets).to(device))
     train_ds = CropDataset(train_s, c.INPUT_SIZE, train=True, flip_prob=c.FLIP_PROB, seed=seed)
     test_ds = CropDataset(test_s, c.INPUT_SIZE, train=False)
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=min(int(c.BATCH_SIZE), len(train_ds)), shuffle=True, drop_last=True,
-                        num_workers=int(c.NUM_WORKERS), generator=g)
+    loader = DataLoader(
+        train_ds,
+        batch_size=min(int(c.BATCH_SIZE), len(train_ds)),
+        shuffle=True,
+        drop_last=True,
+        num_workers=int(c.NUM_WORKERS),
+        generator=g,
+    )
     epochs = int(c.EPOCHS)
     if epochs <= 0:
         raise ValueError(f"ATTRIBUTE_NET.EPOCHS must be > 0, got {epochs}")
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg.SOLVER.BASE_LR), weight_decay=float(cfg.SOLVER.WEIGHT_DECAY))
+    opt = torch.optim.Adam(
+        model.parameters(), lr=float(cfg.SOLVER.BASE_LR), weight_decay=float(cfg.SOLVER.WEIGHT_DECAY)
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
     t0 = time.time()
     bar = None
@@ -111,10 +125,19 @@ def train_and_evaluate(cfg, output_dir: str, progress: bool = True) -> Dict[str,
     const = constant_predictor_metrics(train_targets.numpy(), gt)
     out: Dict[str, object] = dict(m)
     out.update({f"constant_{k}": v for k, v in const.items()})
-    out.update({"per_attribute_mA": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per)},
-                "attribute_names": list(names), "num_train": len(train_s), "num_test": len(test_s),
-                "threshold": float(c.THRESHOLD), "checkpoint": ckpt, "checkpoint_sha256": sha, "epochs": epochs,
-                "train_seconds": round(train_seconds, 2)})
+    out.update(
+        {
+            "per_attribute_mA": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per)},
+            "attribute_names": list(names),
+            "num_train": len(train_s),
+            "num_test": len(test_s),
+            "threshold": float(c.THRESHOLD),
+            "checkpoint": ckpt,
+            "checkpoint_sha256": sha,
+            "epochs": epochs,
+            "train_seconds": round(train_seconds, 2),
+        }
+    )
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2)
     return out
@@ -133,10 +156,18 @@ def evaluate_checkpoint(cfg, checkpoint: str, output_dir: Optional[str] = None) 
     if list(test_names) != list(names):
         raise ValueError(f"{checkpoint}: trained on attributes {names}, held-out data has {list(test_names)}")
     probs = predict_samples(model, CropDataset(test_s, model.config["input_size"]), device=device)
-    out: Dict[str, object] = dict(attribute_metrics(probs, samples_to_targets(test_s).numpy(),
-                                                    float(cfg.ATTRIBUTE_NET.THRESHOLD)))
-    out.update({"num_test": len(test_s), "checkpoint": checkpoint, "checkpoint_sha256": sha,
-                "attribute_names": names, "threshold": float(cfg.ATTRIBUTE_NET.THRESHOLD)})
+    out: Dict[str, object] = dict(
+        attribute_metrics(probs, samples_to_targets(test_s).numpy(), float(cfg.ATTRIBUTE_NET.THRESHOLD))
+    )
+    out.update(
+        {
+            "num_test": len(test_s),
+            "checkpoint": checkpoint,
+            "checkpoint_sha256": sha,
+            "attribute_names": names,
+            "threshold": float(cfg.ATTRIBUTE_NET.THRESHOLD),
+        }
+    )
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:

@@ -5,6 +5,7 @@ ratio p_j, a positive target is weighted ``exp(1 - p_j)`` and a negative one ``e
 positives count more). Targets < 0 are ignored (no label). The loss is the mean over the labeled
 entries (0, graph-connected, when there are none).
 """
+
 from typing import Optional, Sequence
 
 import torch
@@ -30,7 +31,9 @@ def alm_bce_weights(targets: torch.Tensor, pos_ratio: torch.Tensor) -> torch.Ten
     return y * torch.exp(1.0 - p) + (1.0 - y) * torch.exp(p)
 
 
-def attribute_bce(logits: torch.Tensor, targets: torch.Tensor, pos_ratio: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attribute_bce(
+    logits: torch.Tensor, targets: torch.Tensor, pos_ratio: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Mean (weighted) BCE over entries with target >= 0. ``pos_ratio`` given -> ALM weighting."""
     if logits.shape != targets.shape:
         raise ValueError(f"attribute_bce: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
@@ -45,8 +48,9 @@ def attribute_bce(logits: torch.Tensor, targets: torch.Tensor, pos_ratio: Option
     return (loss * valid).sum() / valid.sum()
 
 
-def multi_level_bce(level_logits: Sequence[torch.Tensor], targets: torch.Tensor,
-                    pos_ratio: Optional[torch.Tensor] = None) -> torch.Tensor:
+def multi_level_bce(
+    level_logits: Sequence[torch.Tensor], targets: torch.Tensor, pos_ratio: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Deep supervision: mean over the levels of :func:`attribute_bce`."""
     if len(level_logits) == 0:
         raise ValueError("multi_level_bce needs at least one level")

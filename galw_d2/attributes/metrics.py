@@ -18,6 +18,7 @@ when both are 0). **Empty sets:** when P and G are both empty the sample is a pe
 (accuracy = precision = recall = 1); an empty P with a non-empty G has precision 0 (and recall 0);
 a non-empty P with an empty G has recall 0 (and precision 0). All results are fractions in [0, 1].
 """
+
 from typing import Dict, Optional
 
 import numpy as np

@@ -24,6 +24,7 @@ Loading (:func:`load_pseudo_labels`) validates the header and every record; with
 it also checks that every dataset image with persons is in the file with the same number of boxes,
 each within 1 px of the dataset box (:func:`validate_pseudo_labels`).
 """
+
 import json
 import logging
 import os
@@ -31,9 +32,16 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["FORMAT", "generate_pseudo_labels", "load_pseudo_labels", "validate_pseudo_labels",
-           "merge_pseudo_labels", "register_pseudo_labeled_dataset", "register_pseudo_labels_from_config",
-           "image_boxes"]
+__all__ = [
+    "FORMAT",
+    "generate_pseudo_labels",
+    "load_pseudo_labels",
+    "validate_pseudo_labels",
+    "merge_pseudo_labels",
+    "register_pseudo_labeled_dataset",
+    "register_pseudo_labels_from_config",
+    "image_boxes",
+]
 
 FORMAT = "galw_d2.attribute_pseudo_labels"
 VERSION = 1
@@ -97,18 +105,33 @@ def _check_record(path, lineno, r, A):
         raise ValueError(f"{path}:{lineno}: a record needs keys image, boxes, probs, labels")
     n = len(r["boxes"])
     if len(r["probs"]) != n or len(r["labels"]) != n:
-        raise ValueError(f"{path}:{lineno}: image {r['image']!r}: {n} boxes but {len(r['probs'])} probs rows / "
-                         f"{len(r['labels'])} labels rows")
+        raise ValueError(
+            f"{path}:{lineno}: image {r['image']!r}: {n} boxes but {len(r['probs'])} probs rows / "
+            f"{len(r['labels'])} labels rows"
+        )
     for b, p, l in zip(r["boxes"], r["probs"], r["labels"]):
         if len(b) != 4 or len(p) != A or len(l) != A:
-            raise ValueError(f"{path}:{lineno}: image {r['image']!r}: each box needs 4 coordinates and {A} "
-                             f"probs/labels, got {len(b)}/{len(p)}/{len(l)}")
+            raise ValueError(
+                f"{path}:{lineno}: image {r['image']!r}: each box needs 4 coordinates and {A} "
+                f"probs/labels, got {len(b)}/{len(p)}/{len(l)}"
+            )
 
 
-def generate_pseudo_labels(model, dataset_dicts: Sequence[dict], output: str, attribute_names: Sequence[str],
-                           checkpoint: str, checkpoint_sha256: str, dataset_name: str, threshold: float = 0.5,
-                           input_size: Optional[Sequence[int]] = None, batch_size: int = 64, device="cpu",
-                           progress: bool = True, max_images: Optional[int] = None) -> Dict[str, int]:
+def generate_pseudo_labels(
+    model,
+    dataset_dicts: Sequence[dict],
+    output: str,
+    attribute_names: Sequence[str],
+    checkpoint: str,
+    checkpoint_sha256: str,
+    dataset_name: str,
+    threshold: float = 0.5,
+    input_size: Optional[Sequence[int]] = None,
+    batch_size: int = 64,
+    device="cpu",
+    progress: bool = True,
+    max_images: Optional[int] = None,
+) -> Dict[str, int]:
     """Run ``model`` (an :class:`AttributeRecognizer`) on every GT person box and append to ``output``.
 
     Returns {"processed": images done in this call, "skipped": images already in the file,
@@ -121,9 +144,16 @@ def generate_pseudo_labels(model, dataset_dicts: Sequence[dict], output: str, at
     names = [_image_name(d) for d in dataset_dicts]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset {dataset_name!r}: image names are not unique; pseudo-labels are keyed by image name")
-    header = {"format": FORMAT, "version": VERSION, "dataset": dataset_name, "attribute_names": list(attribute_names),
-              "checkpoint": checkpoint, "checkpoint_sha256": checkpoint_sha256, "threshold": float(threshold),
-              "num_images": len(dataset_dicts)}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dataset": dataset_name,
+        "attribute_names": list(attribute_names),
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": checkpoint_sha256,
+        "threshold": float(threshold),
+        "num_images": len(dataset_dicts),
+    }
     done: Dict[str, dict] = {}
     if os.path.exists(output) and os.path.getsize(output) > 0:
         old, done, good = _read(output)
@@ -132,8 +162,10 @@ def generate_pseudo_labels(model, dataset_dicts: Sequence[dict], output: str, at
         else:
             for k in ("dataset", "attribute_names", "checkpoint_sha256", "threshold"):
                 if old.get(k) != header[k]:
-                    raise ValueError(f"{output}: existing pseudo-label file has {k}={old.get(k)!r}, this run has "
-                                     f"{header[k]!r}; use another --output or delete the file to start over")
+                    raise ValueError(
+                        f"{output}: existing pseudo-label file has {k}={old.get(k)!r}, this run has "
+                        f"{header[k]!r}; use another --output or delete the file to start over"
+                    )
         with open(output, "r+b") as f:  # drop a cut last line
             f.truncate(good)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -146,8 +178,12 @@ def generate_pseudo_labels(model, dataset_dicts: Sequence[dict], output: str, at
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(dataset_dicts), initial=len(dataset_dicts) - len([n for n in names if n not in done]),
-                   desc="pseudo-labels", unit="img")
+        bar = tqdm(
+            total=len(dataset_dicts),
+            initial=len(dataset_dicts) - len([n for n in names if n not in done]),
+            desc="pseudo-labels",
+            unit="img",
+        )
     with open(output, "a", encoding="utf-8") as f:
         if os.path.getsize(output) == 0:
             f.write(json.dumps(header) + "\n")
@@ -159,11 +195,15 @@ def generate_pseudo_labels(model, dataset_dicts: Sequence[dict], output: str, at
                 crops = np.stack([_crop_resize(img, b, size) for b in boxes])
                 x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
                 with torch.no_grad():
-                    probs = torch.cat([model.predict(x[i:i + batch_size].to(device)).cpu()
-                                       for i in range(0, len(x), batch_size)]).numpy()
-            rec = {"image": _image_name(d), "boxes": [[round(v, 2) for v in b] for b in boxes],
-                   "probs": [[round(float(p), 5) for p in row] for row in probs],
-                   "labels": [[int(p >= threshold) for p in row] for row in probs]}
+                    probs = torch.cat(
+                        [model.predict(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+                    ).numpy()
+            rec = {
+                "image": _image_name(d),
+                "boxes": [[round(v, 2) for v in b] for b in boxes],
+                "probs": [[round(float(p), 5) for p in row] for row in probs],
+                "labels": [[int(p >= threshold) for p in row] for row in probs],
+            }
             f.write(json.dumps(rec) + "\n")
             f.flush()
             if bar is not None:
@@ -173,7 +213,9 @@ def generate_pseudo_labels(model, dataset_dicts: Sequence[dict], output: str, at
     return {"processed": len(todo), "skipped": len(done), "total": len(dataset_dicts)}
 
 
-def validate_pseudo_labels(records: Dict[str, dict], dataset_dicts: Iterable[dict], source: str = "pseudo-labels") -> None:
+def validate_pseudo_labels(
+    records: Dict[str, dict], dataset_dicts: Iterable[dict], source: str = "pseudo-labels"
+) -> None:
     """Every dataset image with person boxes is in ``records``, with its boxes (same count, |diff| <= 1 px)."""
     for d in dataset_dicts:
         name = _image_name(d)
@@ -185,28 +227,43 @@ def validate_pseudo_labels(records: Dict[str, dict], dataset_dicts: Iterable[dic
             raise ValueError(f"{source}: image {name!r} of the dataset is missing from the pseudo-label file")
         fb = np.asarray(r["boxes"], dtype=np.float64).reshape(-1, 4)
         if len(fb) != len(boxes):
-            raise ValueError(f"{source}: image {name!r} has {len(boxes)} person boxes in the dataset but {len(fb)} in the file")
+            raise ValueError(
+                f"{source}: image {name!r} has {len(boxes)} person boxes in the dataset but {len(fb)} in the file"
+            )
         for b in boxes:
             if not (np.abs(fb - np.asarray(b)).max(axis=1) <= BOX_TOL).any():
-                raise ValueError(f"{source}: image {name!r}: dataset box {b} has no box within {BOX_TOL} px in the file "
-                                 f"({fb.tolist()})")
+                raise ValueError(
+                    f"{source}: image {name!r}: dataset box {b} has no box within {BOX_TOL} px in the file "
+                    f"({fb.tolist()})"
+                )
 
 
-def load_pseudo_labels(path: str, dataset_dicts: Optional[Sequence[dict]] = None,
-                       attribute_names: Optional[Sequence[str]] = None,
-                       checkpoint_sha256: Optional[str] = None) -> Tuple[dict, Dict[str, dict]]:
+def load_pseudo_labels(
+    path: str,
+    dataset_dicts: Optional[Sequence[dict]] = None,
+    attribute_names: Optional[Sequence[str]] = None,
+    checkpoint_sha256: Optional[str] = None,
+) -> Tuple[dict, Dict[str, dict]]:
     """(header, {image name: record}); validates the file, and against the dataset / names / hash if given."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pseudo-label file {path!r} not found (make it with tools/generate_attribute_pseudo_labels.py)")
+        raise FileNotFoundError(
+            f"pseudo-label file {path!r} not found (make it with tools/generate_attribute_pseudo_labels.py)"
+        )
     header, recs, good = _read(path)
     if header is None:
         raise ValueError(f"{path}: empty pseudo-label file")
     if good != os.path.getsize(path):
-        raise ValueError(f"{path}: the last line is incomplete (an interrupted generation); rerun the generator to resume")
+        raise ValueError(
+            f"{path}: the last line is incomplete (an interrupted generation); rerun the generator to resume"
+        )
     if attribute_names is not None and list(attribute_names) != list(header["attribute_names"]):
-        raise ValueError(f"{path}: attribute names {header['attribute_names']} differ from the expected {list(attribute_names)}")
+        raise ValueError(
+            f"{path}: attribute names {header['attribute_names']} differ from the expected {list(attribute_names)}"
+        )
     if checkpoint_sha256 is not None and checkpoint_sha256 != header.get("checkpoint_sha256"):
-        raise ValueError(f"{path}: made with recognizer sha256 {header.get('checkpoint_sha256')}, expected {checkpoint_sha256}")
+        raise ValueError(
+            f"{path}: made with recognizer sha256 {header.get('checkpoint_sha256')}, expected {checkpoint_sha256}"
+        )
     if dataset_dicts is not None:
         validate_pseudo_labels(recs, dataset_dicts, path)
     return header, recs
@@ -238,7 +295,9 @@ def merge_pseudo_labels(dataset_dicts: Sequence[dict], path: str, soft: bool = F
     return out
 
 
-def register_pseudo_labeled_dataset(base_name: str, path: str, new_name: Optional[str] = None, soft: bool = False) -> str:
+def register_pseudo_labeled_dataset(
+    base_name: str, path: str, new_name: Optional[str] = None, soft: bool = False
+) -> str:
     """Register ``new_name`` (default ``<base_name>_attr``) = ``base_name`` with the pseudo-labels of
     ``path`` merged in; its metadata copies the base's and adds ``attribute_names`` and
     ``attribute_pseudo_labels`` (the path). Returns the new name."""
@@ -268,7 +327,9 @@ def register_pseudo_labels_from_config(cfg) -> List[str]:
         if not sep or not base or not path:
             raise ValueError(f"MODEL.ATTRIBUTES.PSEUDO_LABELS entry {entry!r}: expected 'BASE_DATASET=PATH.jsonl'")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"MODEL.ATTRIBUTES.PSEUDO_LABELS: {path!r} not found (make it with "
-                                    "tools/generate_attribute_pseudo_labels.py)")
+            raise FileNotFoundError(
+                f"MODEL.ATTRIBUTES.PSEUDO_LABELS: {path!r} not found (make it with "
+                "tools/generate_attribute_pseudo_labels.py)"
+            )
         names.append(register_pseudo_labeled_dataset(base, path))
     return names

@@ -9,6 +9,7 @@ upsampled and added, as FPN) feeds one ALM per level (:mod:`galw_d2.attributes.a
 Checkpoint (``save_checkpoint``): a torch file ``{"model": state_dict, "config": {...},
 "attribute_names": [...], "pos_ratio": [...]}``; ``load_recognizer(path)`` rebuilds the model from it.
 """
+
 import hashlib
 import os
 from typing import Dict, List, Optional, Sequence
@@ -21,8 +22,15 @@ from ..utils.io import torch_load_file
 from .alm import MultiLevelALM, combine_levels
 from .losses import multi_level_bce
 
-__all__ = ["AttributeRecognizer", "build_recognizer", "load_backbone_weights", "save_checkpoint",
-           "load_recognizer", "file_sha256", "DEFAULT_IN_FEATURES"]
+__all__ = [
+    "AttributeRecognizer",
+    "build_recognizer",
+    "load_backbone_weights",
+    "save_checkpoint",
+    "load_recognizer",
+    "file_sha256",
+    "DEFAULT_IN_FEATURES",
+]
 
 # Pyramid levels per torchreid family (strides 8/16/16 for osnet, 8/16/32 for resnet at last_stride 2).
 DEFAULT_IN_FEATURES = {"osnet": ["conv2", "conv3", "conv5"], "resnet": ["layer2", "layer3", "layer4"]}
@@ -36,8 +44,9 @@ def _family(name: str) -> str:
     for fam in DEFAULT_IN_FEATURES:
         if name.startswith(fam):
             return fam
-    raise ValueError(f"attribute recognizer: backbone {name!r} not supported; use an osnet_* or resnet* "
-                     "torchreid model")
+    raise ValueError(
+        f"attribute recognizer: backbone {name!r} not supported; use an osnet_* or resnet* torchreid model"
+    )
 
 
 def file_sha256(path: str) -> str:
@@ -68,17 +77,27 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> Dict[str, List[str]
     own = backbone.state_dict()
     ok = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
     if not ok:
-        raise ValueError(f"backbone weights {path!r}: no parameter matches the {type(backbone).__name__} "
-                         f"backbone by name and shape (first keys in file: {list(sd)[:5]})")
+        raise ValueError(
+            f"backbone weights {path!r}: no parameter matches the {type(backbone).__name__} "
+            f"backbone by name and shape (first keys in file: {list(sd)[:5]})"
+        )
     own.update(ok)
     backbone.load_state_dict(own)
     return {"loaded": sorted(ok), "skipped": sorted(set(sd) - set(ok))}
 
 
 class AttributeRecognizer(nn.Module):
-    def __init__(self, num_attributes: int, backbone: str = "osnet_x0_25", in_features: Optional[Sequence[str]] = None,
-                 pyramid_channels: int = 64, sample_size: int = 8, se_reduction: int = 16,
-                 input_size: Sequence[int] = (128, 64), backbone_weights: str = ""):
+    def __init__(
+        self,
+        num_attributes: int,
+        backbone: str = "osnet_x0_25",
+        in_features: Optional[Sequence[str]] = None,
+        pyramid_channels: int = 64,
+        sample_size: int = 8,
+        se_reduction: int = 16,
+        input_size: Sequence[int] = (128, 64),
+        backbone_weights: str = "",
+    ):
         super().__init__()
         import torchreid  # noqa: F401  (heavy import; only here)
         from torchreid.reid.models import build_model as build_reid_model
@@ -86,10 +105,15 @@ class AttributeRecognizer(nn.Module):
         if num_attributes <= 0:
             raise ValueError(f"attribute recognizer needs num_attributes > 0, got {num_attributes}")
         fam = _family(backbone)
-        self.config = dict(num_attributes=int(num_attributes), backbone=backbone,
-                           in_features=list(in_features or DEFAULT_IN_FEATURES[fam]),
-                           pyramid_channels=int(pyramid_channels), sample_size=int(sample_size),
-                           se_reduction=int(se_reduction), input_size=[int(s) for s in input_size])
+        self.config = dict(
+            num_attributes=int(num_attributes),
+            backbone=backbone,
+            in_features=list(in_features or DEFAULT_IN_FEATURES[fam]),
+            pyramid_channels=int(pyramid_channels),
+            sample_size=int(sample_size),
+            se_reduction=int(se_reduction),
+            input_size=[int(s) for s in input_size],
+        )
         self.in_features = self.config["in_features"]
         self.num_attributes = int(num_attributes)
         self.backbone = build_reid_model(backbone, num_classes=1, pretrained=False)
@@ -101,8 +125,9 @@ class AttributeRecognizer(nn.Module):
             body.append(n)
         missing = [f for f in self.in_features if f not in body]
         if missing:
-            raise ValueError(f"attribute recognizer: IN_FEATURES {missing} are not children of {backbone} "
-                             f"(available: {body})")
+            raise ValueError(
+                f"attribute recognizer: IN_FEATURES {missing} are not children of {backbone} (available: {body})"
+            )
         self._body = body[: max(body.index(f) for f in self.in_features) + 1]
         if backbone_weights:
             load_backbone_weights(self.backbone, backbone_weights)
@@ -113,8 +138,9 @@ class AttributeRecognizer(nn.Module):
             self.backbone.train(was)
         D = self.config["pyramid_channels"]
         self.laterals = nn.ModuleList([nn.Conv2d(c, D, 1) for c in shapes])
-        self.smooth = nn.ModuleList([nn.Sequential(nn.Conv2d(D, D, 3, padding=1), nn.BatchNorm2d(D), nn.ReLU(inplace=True))
-                                     for _ in shapes])
+        self.smooth = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(D, D, 3, padding=1), nn.BatchNorm2d(D), nn.ReLU(inplace=True)) for _ in shapes]
+        )
         self.head = MultiLevelALM([D] * len(shapes), num_attributes, se_reduction, sample_size)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
@@ -149,19 +175,34 @@ class AttributeRecognizer(nn.Module):
 
 def build_recognizer(cfg, num_attributes: int) -> AttributeRecognizer:
     c = cfg.ATTRIBUTE_NET
-    model = AttributeRecognizer(num_attributes, c.BACKBONE, list(c.IN_FEATURES) or None, c.PYRAMID_CHANNELS,
-                                c.SAMPLE_SIZE, c.SE_REDUCTION, tuple(c.INPUT_SIZE), c.BACKBONE_WEIGHTS)
+    model = AttributeRecognizer(
+        num_attributes,
+        c.BACKBONE,
+        list(c.IN_FEATURES) or None,
+        c.PYRAMID_CHANNELS,
+        c.SAMPLE_SIZE,
+        c.SE_REDUCTION,
+        tuple(c.INPUT_SIZE),
+        c.BACKBONE_WEIGHTS,
+    )
     return model
 
 
-def save_checkpoint(model: AttributeRecognizer, path: str, attribute_names: Sequence[str], extra: Optional[dict] = None) -> str:
+def save_checkpoint(
+    model: AttributeRecognizer, path: str, attribute_names: Sequence[str], extra: Optional[dict] = None
+) -> str:
     """Write the checkpoint; returns its sha256."""
     if len(attribute_names) != model.num_attributes:
         raise ValueError(f"{len(attribute_names)} attribute names for a {model.num_attributes}-attribute model")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    obj = {"model": model.state_dict(), "config": model.config, "attribute_names": list(attribute_names),
-           "format": "galw_d2.attribute_recognizer", "version": 1}
+    obj = {
+        "model": model.state_dict(),
+        "config": model.config,
+        "attribute_names": list(attribute_names),
+        "format": "galw_d2.attribute_recognizer",
+        "version": 1,
+    }
     if extra:
         obj.update(extra)
     tmp = path + ".tmp"
@@ -181,8 +222,10 @@ def load_recognizer(path: str, map_location="cpu"):
         raise FileNotFoundError(f"{what} {path!r} not found")
     obj = torch_load_file(path, what)
     if not isinstance(obj, dict) or obj.get("format") != "galw_d2.attribute_recognizer":
-        raise ValueError(f"{path!r} is not a galw_d2 attribute recognizer checkpoint (no format "
-                         "'galw_d2.attribute_recognizer'); backbone-only weights go to ATTRIBUTE_NET.BACKBONE_WEIGHTS")
+        raise ValueError(
+            f"{path!r} is not a galw_d2 attribute recognizer checkpoint (no format "
+            "'galw_d2.attribute_recognizer'); backbone-only weights go to ATTRIBUTE_NET.BACKBONE_WEIGHTS"
+        )
     for field, typ in (("model", dict), ("config", dict), ("attribute_names", (list, tuple))):
         if field not in obj:
             raise ValueError(f"{what} {path}: missing field '{field}'")
@@ -194,8 +237,11 @@ def load_recognizer(path: str, map_location="cpu"):
     known = set(inspect.signature(AttributeRecognizer.__init__).parameters) - {"self", "backbone_weights"}
     unknown = sorted(set(cfg) - known)
     if unknown or "num_attributes" not in cfg:
-        raise ValueError(f"{what} {path}: 'config' has unknown keys {unknown}" if unknown else
-                         f"{what} {path}: 'config' has no 'num_attributes'")
+        raise ValueError(
+            f"{what} {path}: 'config' has unknown keys {unknown}"
+            if unknown
+            else f"{what} {path}: 'config' has no 'num_attributes'"
+        )
     try:
         model = AttributeRecognizer(cfg.pop("num_attributes"), **cfg)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
@@ -206,13 +252,18 @@ def load_recognizer(path: str, map_location="cpu"):
     own = model.state_dict()
     missing = sorted(set(own) - set(obj["model"]))
     extra = sorted(set(obj["model"]) - set(own))
-    shapes = [(k, tuple(v.shape), tuple(obj["model"][k].shape)) for k, v in own.items()
-              if k in obj["model"] and tuple(v.shape) != tuple(getattr(obj["model"][k], "shape", ()))]
+    shapes = [
+        (k, tuple(v.shape), tuple(obj["model"][k].shape))
+        for k, v in own.items()
+        if k in obj["model"] and tuple(v.shape) != tuple(getattr(obj["model"][k], "shape", ()))
+    ]
     if missing or extra or shapes:
         detail = []
         if shapes:
-            detail.append(f"{len(shapes)} tensors of another shape (e.g. {shapes[0][0]}: config {shapes[0][1]}, "
-                          f"file {shapes[0][2]})")
+            detail.append(
+                f"{len(shapes)} tensors of another shape (e.g. {shapes[0][0]}: config {shapes[0][1]}, "
+                f"file {shapes[0][2]})"
+            )
         if missing:
             detail.append(f"{len(missing)} missing (e.g. {missing[:3]})")
         if extra:
@@ -220,8 +271,10 @@ def load_recognizer(path: str, map_location="cpu"):
         raise ValueError(f"{what} {path}: the weights do not match its 'config' {obj['config']}: " + "; ".join(detail))
     names = list(obj["attribute_names"])
     if len(names) != model.num_attributes:
-        raise ValueError(f"{what} {path}: 'attribute_names' has {len(names)} names but the model has "
-                         f"{model.num_attributes} attributes")
+        raise ValueError(
+            f"{what} {path}: 'attribute_names' has {len(names)} names but the model has "
+            f"{model.num_attributes} attributes"
+        )
     model.load_state_dict(obj["model"])
     model.eval()
     return model, names, file_sha256(path)

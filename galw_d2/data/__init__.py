@@ -2,7 +2,9 @@
 
 Importing this package registers the builtin dataset names (lazily; see :mod:`.builtin`).
 """
-from .protocol import GalleryImage, SearchProtocol, SearchQuery  # noqa: F401
+
+from .builtin import register_all_builtin
+from .catalog import get_search_protocol, register_cuhk_sysu, register_prw, register_synthps  # noqa: F401
 from .datasets import (  # noqa: F401
     DatasetFormatError,
     DatasetNotFoundError,
@@ -11,9 +13,8 @@ from .datasets import (  # noqa: F401
     load_prw,
     load_prw_protocol,
 )
-from .catalog import get_search_protocol, register_cuhk_sysu, register_prw, register_synthps  # noqa: F401
 from .mapper import PersonSearchDatasetMapper  # noqa: F401
-from .builtin import register_all_builtin
+from .protocol import GalleryImage, SearchProtocol, SearchQuery  # noqa: F401
 
 register_all_builtin()
 

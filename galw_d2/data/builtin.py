@@ -1,10 +1,11 @@
 """Builtin dataset names under ``$DETECTRON2_DATASETS`` (default ``./datasets``), registered at import.
 
-  * ``cuhk_sysu_{train,gallery,query,test}``      -> <datasets>/cuhk_sysu
-  * ``prw_{train,gallery,query,test}``            -> <datasets>/prw
-  * ``synthps_{tiny,small,medium}_{cuhk,prw}_{...}`` -> <datasets>/synthps_{tiny,small,medium}_{cuhk,prw}
-    (generate with ``tools/make_synthps.py``; loading a missing one says the command)
+* ``cuhk_sysu_{train,gallery,query,test}``      -> <datasets>/cuhk_sysu
+* ``prw_{train,gallery,query,test}``            -> <datasets>/prw
+* ``synthps_{tiny,small,medium}_{cuhk,prw}_{...}`` -> <datasets>/synthps_{tiny,small,medium}_{cuhk,prw}
+  (generate with ``tools/make_synthps.py``; loading a missing one says the command)
 """
+
 import os
 
 from .catalog import register_cuhk_sysu, register_prw, register_synthps

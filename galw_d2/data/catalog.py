@@ -9,6 +9,7 @@ integer boxes; or "geometric"), kept in the metadata and used by the splits and 
 :func:`get_search_protocol` alike (docs/datasets.md "Box conventions"). To train / evaluate under the
 geometric boxes, register the root under another prefix and name that prefix in ``cfg.DATASETS``.
 """
+
 import functools
 import logging
 import math
@@ -33,8 +34,14 @@ from .protocol import SearchProtocol
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "epoch_iters_from_cfg","register_cuhk_sysu", "register_prw", "register_synthps", "get_search_protocol", "SPLITS",
-           "BOX_CONVENTIONS"]
+    "epoch_iters_from_cfg",
+    "register_cuhk_sysu",
+    "register_prw",
+    "register_synthps",
+    "get_search_protocol",
+    "SPLITS",
+    "BOX_CONVENTIONS",
+]
 
 #: the registered splits: ``<prefix>_<split>``; "test" = every gallery record, then every query record
 SPLITS = ("train", "gallery", "query", "test")
@@ -146,8 +153,9 @@ def register_prw(root: str, prefix: str = "prw", box_convention: str = "standard
     _register("prw", root, prefix, hint, metadata, box_convention)
 
 
-def register_synthps(root: str, fmt: str, prefix: str, preset: Optional[str] = None,
-                     box_convention: str = "standard", **metadata) -> None:
+def register_synthps(
+    root: str, fmt: str, prefix: str, preset: Optional[str] = None, box_convention: str = "standard", **metadata
+) -> None:
     """Register a generated SynthPS root written in the ``fmt`` layout ("cuhk_sysu" | "prw").
 
     The metadata gets ``synthps=True`` (and ``synthps_preset`` when given). SynthPS boxes are
@@ -155,7 +163,7 @@ def register_synthps(root: str, fmt: str, prefix: str, preset: Optional[str] = N
     """
     if fmt not in _FORMATS:
         raise ValueError(f"SynthPS format {fmt!r}: expected 'cuhk_sysu' or 'prw'")
-    cmd = (f"python tools/make_synthps.py --output {root} --format {fmt} --preset {preset or 'tiny'} --seed 0")
+    cmd = f"python tools/make_synthps.py --output {root} --format {fmt} --preset {preset or 'tiny'} --seed 0"
     metadata.setdefault("missing_hint", f"Generate it with: {cmd}")
     metadata["synthps"] = True
     if preset is not None:
@@ -163,8 +171,9 @@ def register_synthps(root: str, fmt: str, prefix: str, preset: Optional[str] = N
     (register_cuhk_sysu if fmt == "cuhk_sysu" else register_prw)(root, prefix, box_convention, **metadata)
 
 
-def get_search_protocol(dataset_name: str, gallery_size: int = 100, subset: Optional[str] = None,
-                        cross_camera: bool = False) -> SearchProtocol:
+def get_search_protocol(
+    dataset_name: str, gallery_size: int = 100, subset: Optional[str] = None, cross_camera: bool = False
+) -> SearchProtocol:
     """The search protocol of a registered dataset (any of its splits' names).
 
     Args:

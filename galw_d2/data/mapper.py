@@ -5,6 +5,7 @@ aspect kept, Sec. 4.2) and horizontal flip; boxes follow the image through detec
 Test: fit into ``INPUT.PERSON_SEARCH.TEST_SIZE`` (long, short) = 1500 x 900; query records carry their
 query box (original pixels) as ``embed_boxes``.
 """
+
 import copy
 import logging
 from typing import Dict, List, Sequence
@@ -105,8 +106,10 @@ class PersonSearchDatasetMapper:
             image = utils.read_image(record["file_name"], format=self.image_format)
         except (OSError, SyntaxError, ValueError) as e:
             # PIL's errors ("image file is truncated ...") do not name the file; a dataset has thousands
-            raise OSError(f"cannot read {'training' if self.is_train else 'test'} image {record['file_name']}: {e} "
-                          "(truncated or corrupt file: regenerate or replace it)") from e
+            raise OSError(
+                f"cannot read {'training' if self.is_train else 'test'} image {record['file_name']}: {e} "
+                "(truncated or corrupt file: regenerate or replace it)"
+            ) from e
         utils.check_image_size(record, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
@@ -148,7 +151,9 @@ class PersonSearchDatasetMapper:
         with_attr = ["attributes" in a for a in annos]
         if any(with_attr):
             if not all(with_attr):
-                raise ValueError(f"image {record.get('image_name', record['file_name'])}: "
-                                 "some persons have 'attributes' and some do not")
+                raise ValueError(
+                    f"image {record.get('image_name', record['file_name'])}: "
+                    "some persons have 'attributes' and some do not"
+                )
             inst.gt_attributes = torch.as_tensor([a["attributes"] for a in annos], dtype=torch.float32)
         return utils.filter_empty_instances(inst)

@@ -21,6 +21,7 @@ than the uninterrupted run would have. This loader makes a batch a pure function
 
 Use :func:`build_resumable_train_loader` in ``build_train_loader`` (the person-search trainer does).
 """
+
 import logging
 import random
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -31,8 +32,13 @@ from detectron2.data.build import get_detection_dataset_dicts, trivial_batch_col
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["ResumableBatchSampler", "PositionSeededDataset", "build_resumable_train_loader", "sample_seed",
-           "aspect_buckets"]
+__all__ = [
+    "ResumableBatchSampler",
+    "PositionSeededDataset",
+    "build_resumable_train_loader",
+    "sample_seed",
+    "aspect_buckets",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +61,17 @@ class ResumableBatchSampler:
         size: the number of records when ``buckets`` is ``None``.
     """
 
-    def __init__(self, buckets: Optional[Sequence[int]], batch_size: int, *, seed: int, shuffle: bool = True,
-                 rank: Optional[int] = None, world_size: Optional[int] = None, size: Optional[int] = None):
+    def __init__(
+        self,
+        buckets: Optional[Sequence[int]],
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        size: Optional[int] = None,
+    ):
         if buckets is None and size is None:
             raise ValueError("ResumableBatchSampler needs the aspect buckets or the dataset size")
         self._buckets = None if buckets is None else [int(b) for b in buckets]
@@ -135,8 +150,10 @@ class PositionSeededDataset(Dataset):
             torch.set_rng_state(torch_state)
         if out is None:
             name = self.records[idx].get("file_name", idx)
-            raise ValueError(f"the training mapper returned None for {name}: filter such records from the dataset "
-                             "(DATALOADER.FILTER_EMPTY_ANNOTATIONS) instead")
+            raise ValueError(
+                f"the training mapper returned None for {name}: filter such records from the dataset "
+                "(DATALOADER.FILTER_EMPTY_ANNOTATIONS) instead"
+            )
         return out
 
 
@@ -145,8 +162,10 @@ def aspect_buckets(records: Sequence[dict]) -> List[int]:
     out = []
     for r in records:
         if "width" not in r or "height" not in r:
-            raise ValueError(f"record {r.get('file_name', '?')} has no width/height: aspect-ratio grouping needs "
-                             "them (or set DATALOADER.ASPECT_RATIO_GROUPING False)")
+            raise ValueError(
+                f"record {r.get('file_name', '?')} has no width/height: aspect-ratio grouping needs "
+                "them (or set DATALOADER.ASPECT_RATIO_GROUPING False)"
+            )
         out.append(0 if r["width"] > r["height"] else 1)
     return out
 
@@ -165,8 +184,10 @@ def build_resumable_train_loader(cfg, mapper, seed: Optional[int] = None) -> Dat
         a ``DataLoader`` yielding lists of ``SOLVER.IMS_PER_BATCH / world size`` mapped dicts.
     """
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        raise ValueError(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable loader "
-                         "implements 'TrainingSampler' only")
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable loader "
+            "implements 'TrainingSampler' only"
+        )
     records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     world = comm.get_world_size()
     total = int(cfg.SOLVER.IMS_PER_BATCH)
@@ -176,7 +197,13 @@ def build_resumable_train_loader(cfg, mapper, seed: Optional[int] = None) -> Dat
         seed = comm.shared_random_seed()
     buckets = aspect_buckets(records) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
     sampler = ResumableBatchSampler(buckets, total // world, seed=seed, size=len(records))
-    logger.info(f"resumable training loader: {len(records)} images, {total // world} per batch and process, "
-                f"seed {seed}, aspect-ratio grouping {'on' if buckets is not None else 'off'}")
-    return DataLoader(PositionSeededDataset(records, mapper, seed), batch_sampler=sampler,
-                      collate_fn=trivial_batch_collator, num_workers=int(cfg.DATALOADER.NUM_WORKERS))
+    logger.info(
+        f"resumable training loader: {len(records)} images, {total // world} per batch and process, "
+        f"seed {seed}, aspect-ratio grouping {'on' if buckets is not None else 'off'}"
+    )
+    return DataLoader(
+        PositionSeededDataset(records, mapper, seed),
+        batch_sampler=sampler,
+        collate_fn=trivial_batch_collator,
+        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+    )

@@ -15,6 +15,7 @@ leaves a truncated file that ``--resume`` either loads with a raw unpickling tra
 
 Remote ``save_dir`` (not a local folder) falls back to fvcore's own behaviour.
 """
+
 import logging
 import os
 import re
@@ -124,14 +125,19 @@ class SafeCheckpointer(DetectionCheckpointer):
         checkpoint trained with another number of identities."""
         ck = checkpoint.get("model", {})
         own = self.model.state_dict()
-        own = {k[len("module."):] if k.startswith("module.") else k: v for k, v in own.items()}
-        changed = {k: (tuple(np.shape(ck[k])), tuple(own[k].shape)) for k in ck
-                   if k.endswith(".lut") and k in own and tuple(np.shape(ck[k])) != tuple(own[k].shape)}
+        own = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in own.items()}
+        changed = {
+            k: (tuple(np.shape(ck[k])), tuple(own[k].shape))
+            for k in ck
+            if k.endswith(".lut") and k in own and tuple(np.shape(ck[k])) != tuple(own[k].shape)
+        }
         if changed:
             (old, _), (new, _) = next(iter(changed.values()))
-            logger.warning(f"fine-tuning from a checkpoint with {old} identities into a model with {new} "
-                           f"(MODEL.PERSON_SEARCH.NUM_PIDS or the training set): the OIM lookup tables "
-                           f"{sorted(changed)} start empty at the new size; every other weight is loaded")
+            logger.warning(
+                f"fine-tuning from a checkpoint with {old} identities into a model with {new} "
+                f"(MODEL.PERSON_SEARCH.NUM_PIDS or the training set): the OIM lookup tables "
+                f"{sorted(changed)} start empty at the new size; every other weight is loaded"
+            )
         return super()._load_model(checkpoint)
 
     # ------------------------------------------------------------------ resuming
@@ -161,13 +167,15 @@ class SafeCheckpointer(DetectionCheckpointer):
             problem, data = self._check(path)
             if problem is None:
                 if tried:
-                    logger.warning(
-                        f"resume: {'; '.join(tried)}; falling back to the newest intact checkpoint {path}")
+                    logger.warning(f"resume: {'; '.join(tried)}; falling back to the newest intact checkpoint {path}")
                 self._verified = (path, data)
                 return path
             tried.append(f"{path} {problem}")
-        raise RuntimeError(f"resume: no intact checkpoint in {self.save_dir}: " + ("; ".join(tried) or "none found")
-                           + ". Delete the folder's checkpoints (or pick another OUTPUT_DIR) to start afresh.")
+        raise RuntimeError(
+            f"resume: no intact checkpoint in {self.save_dir}: "
+            + ("; ".join(tried) or "none found")
+            + ". Delete the folder's checkpoints (or pick another OUTPUT_DIR) to start afresh."
+        )
 
     def has_checkpoint(self) -> bool:
         """``last_checkpoint`` exists, or (it was lost) some ``model_*.pth`` does."""

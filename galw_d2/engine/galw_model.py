@@ -11,6 +11,7 @@ weighting's parameters and buffers, so plain detectron2 checkpoints load into it
 load into the plain model. ``getattr`` of a dotted model key (``alignps...``) resolves through the
 wrapped model, so fvcore's checkpoint code that walks keys as attributes works on the wrapper too.
 """
+
 from typing import Dict
 
 import torch
@@ -67,20 +68,20 @@ class GALWModel(nn.Module):
         for key in list(state_dict.keys()):
             if not key.startswith(prefix):
                 continue
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             if rest.startswith("model."):
-                state_dict[prefix + rest[len("model."):]] = state_dict.pop(key)
+                state_dict[prefix + rest[len("model.") :]] = state_dict.pop(key)
             elif rest.startswith("weighting."):
-                state_dict[prefix + WEIGHTING_PREFIX + rest[len("weighting."):]] = state_dict.pop(key)
+                state_dict[prefix + WEIGHTING_PREFIX + rest[len("weighting.") :]] = state_dict.pop(key)
         return state_dict
 
     def _unflatten_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key in list(state_dict.keys()):
             if not key.startswith(prefix):
                 continue
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             if rest.startswith(WEIGHTING_PREFIX):
-                state_dict[prefix + "weighting." + rest[len(WEIGHTING_PREFIX):]] = state_dict.pop(key)
+                state_dict[prefix + "weighting." + rest[len(WEIGHTING_PREFIX) :]] = state_dict.pop(key)
             elif not rest.startswith("model.") and not rest.startswith("weighting."):
                 state_dict[prefix + "model." + rest] = state_dict.pop(key)
 

@@ -1,4 +1,5 @@
 """Hooks of the GALW trainer: the trends file at the end of training, online regrouping."""
+
 import logging
 
 from detectron2.engine import HookBase
@@ -44,6 +45,11 @@ class OnlineRegroup(HookBase):
         weighting.set_groups(groups, reset=True)
         for p in weighting.parameters():
             tr.optimizer.state.pop(p, None)  # fresh momentum for the new groups
-        tr.galw_state = {"regrouped_at": int(tr.iter), "groups": groups, "report": res["report"],
-                         "slopes": res["slopes"], "transformed": res["transformed"]}
+        tr.galw_state = {
+            "regrouped_at": int(tr.iter),
+            "groups": groups,
+            "report": res["report"],
+            "slopes": res["slopes"],
+            "transformed": res["transformed"],
+        }
         logger.info(f"GALW online regroup at iteration {tr.iter}: groups {groups} ({res['report']})")

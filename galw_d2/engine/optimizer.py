@@ -8,6 +8,7 @@ L2 norm over all parameters at 10 (mmcv's ``grad_clip=dict(max_norm=10)``, i.e.
 subclass that clips every parameter group's gradients together right before ``step()`` (the way
 detectron2's DETR-style projects do).
 """
+
 from typing import Type
 
 import torch
@@ -59,5 +60,10 @@ def build_galw_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         optim = maybe_add_full_model_gradient_clipping(cfg, torch.optim.SGD)
     else:
         optim = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-    return optim(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV,
-                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    return optim(
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )

@@ -15,6 +15,7 @@ Exact resume: the optimizer and RNG state in every checkpoint (detectron2 v0.6 l
 out) come from :class:`~galw_d2.engine.trainer.GALWTrainer`; the data stream's position from the
 resumable training loader (:mod:`galw_d2.data.samplers`).
 """
+
 import logging
 import os
 import time
@@ -50,8 +51,14 @@ class ProgressBar(HookBase):
 
     def before_train(self):
         disable = (not comm.is_main_process()) if self._disable is None else self._disable
-        self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc=self._desc,
-                         disable=disable, dynamic_ncols=True, mininterval=1.0)
+        self._bar = tqdm(
+            total=self.trainer.max_iter,
+            initial=self.trainer.start_iter,
+            desc=self._desc,
+            disable=disable,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         self._t0 = time.perf_counter()
 
     def after_step(self):
@@ -108,8 +115,9 @@ class PersonSearchTrainer(GALWTrainer):
         """
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return PersonSearchEvaluator(dataset_name, cfg=cfg, output_dir=output_folder,
-                                     distributed=comm.get_world_size() > 1, **kwargs)
+        return PersonSearchEvaluator(
+            dataset_name, cfg=cfg, output_dir=output_folder, distributed=comm.get_world_size() > 1, **kwargs
+        )
 
     def build_hooks(self):
         ret = super().build_hooks()

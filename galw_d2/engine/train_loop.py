@@ -21,6 +21,7 @@ detectron2's answer to "a different training step" is a ``SimpleTrainer`` subcla
    learned weight, model weight or buffer stops training; deferred OIM-table updates
    (``apply_pending_updates``).
 """
+
 import contextlib
 import math
 import time
@@ -58,9 +59,19 @@ class GALWStep(SimpleTrainer):
             two or three iterations, so the first value (random initialisation) is the reference.
     """
 
-    def __init__(self, model, data_loader, optimizer, *, recorder: Optional[GradientTrendRecorder] = None,
-                 probe_loss: str = "raw", recording: Optional[Callable[[], bool]] = None,
-                 amp_dtype: Optional[torch.dtype] = None, grad_scaler=None, divergence_ratio: float = 0.0):
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        recorder: Optional[GradientTrendRecorder] = None,
+        probe_loss: str = "raw",
+        recording: Optional[Callable[[], bool]] = None,
+        amp_dtype: Optional[torch.dtype] = None,
+        grad_scaler=None,
+        divergence_ratio: float = 0.0,
+    ):
         super().__init__(model, data_loader, optimizer)
         if probe_loss not in PROBE_LOSSES:
             raise ValueError(f"GALW.RECORD.PROBE_LOSS: '{probe_loss}', expected one of {PROBE_LOSSES}")
@@ -75,8 +86,10 @@ class GALWStep(SimpleTrainer):
         weighting = unwrap_galw(model).weighting
         if grad_scaler is not None and type(weighting).backward is not LossWeighting.backward:
             # a custom backward (gradient aggregation) computes its own gradients from the losses
-            raise ValueError(f"{type(weighting).__name__} computes its own gradients: fp16 AMP with a GradScaler "
-                             "is not supported for it (use bfloat16 or fp32)")
+            raise ValueError(
+                f"{type(weighting).__name__} computes its own gradients: fp16 AMP with a GradScaler "
+                "is not supported for it (use bfloat16 or fp32)"
+            )
 
     def reset_data_iterator(self) -> None:
         """(Re)create the data iterator now: detectron2 v0.6 keeps it in ``_data_loader_iter`` (made
@@ -166,9 +179,11 @@ class GALWStep(SimpleTrainer):
         for kind, items in (("weight", self.model.named_parameters()), ("buffer", self.model.named_buffers())):
             for name, t in items:
                 if t.is_floating_point() and not torch.isfinite(t.detach()).all():
-                    return (f"training diverged at iteration {self.iter}: {when}; model {kind} '{name}' is non-finite. "
-                            "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this "
-                            "iteration is intact.")
+                    return (
+                        f"training diverged at iteration {self.iter}: {when}; model {kind} '{name}' is non-finite. "
+                        "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this "
+                        "iteration is intact."
+                    )
         return None
 
     def _loss_divergence(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> Optional[str]:
@@ -176,8 +191,10 @@ class GALWStep(SimpleTrainer):
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         if bad or not torch.isfinite(total.detach()).all():
             what = ", ".join(f"{k} = {v}" for k, v in bad.items()) or f"weighted total = {float(total.detach())}"
-            return (f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
-                    "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact.")
+            return (
+                f"training diverged at iteration {self.iter}: {what} (non-finite). Lower SOLVER.BASE_LR, enable "
+                "SOLVER.CLIP_GRADIENTS, or check the inputs; the last checkpoint before this iteration is intact."
+            )
         if self.divergence_ratio <= 0:
             return None
         vals = {k: float(v.detach()) for k, v in losses.items()}
@@ -188,19 +205,23 @@ class GALWStep(SimpleTrainer):
             return None
         if s > self.divergence_ratio * max(ref["value"], 1.0):
             top = max(vals, key=vals.get)
-            return (f"training diverged at iteration {self.iter}: the sum of the losses is {s:.4g}, more than "
-                    f"GALW.DIVERGENCE_RATIO = {self.divergence_ratio:g} x its first value "
-                    f"({ref['value']:.4g}, at least 1); largest: {top} = {vals[top]:.4g}. Lower SOLVER.BASE_LR or "
-                    "enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this iteration is intact.")
+            return (
+                f"training diverged at iteration {self.iter}: the sum of the losses is {s:.4g}, more than "
+                f"GALW.DIVERGENCE_RATIO = {self.divergence_ratio:g} x its first value "
+                f"({ref['value']:.4g}, at least 1); largest: {top} = {vals[top]:.4g}. Lower SOLVER.BASE_LR or "
+                "enable SOLVER.CLIP_GRADIENTS; the last checkpoint before this iteration is intact."
+            )
         return None
 
     def _weighting_divergence(self, weighting) -> Optional[str]:
         for name, p in weighting.named_parameters():
             if not torch.isfinite(p.detach()).all():
                 vals = [v for v in p.detach().flatten().tolist() if not math.isfinite(v)]
-                return (f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
-                        f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
-                        "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP")
+                return (
+                    f"training diverged at iteration {self.iter}: learned loss weight '{name}' of "
+                    f"{type(weighting).__name__} became non-finite ({vals[:4]}); lower SOLVER.BASE_LR or "
+                    "GALW.LR_FACTOR, or set GALW.LOG_SIGMA_CLAMP"
+                )
         return None
 
     # ------------------------------------------------------------------ checkpoint state

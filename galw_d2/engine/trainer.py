@@ -34,6 +34,7 @@ Checkpoints are written atomically and verified on resume (:class:`~galw_d2.engi
 A non-resumed run into an ``OUTPUT_DIR`` holding an earlier run's checkpoints is refused unless
 ``GALW.OVERWRITE_OUTPUT`` (see :meth:`GALWTrainer.resume_or_load`).
 """
+
 import logging
 import os
 import random
@@ -57,8 +58,16 @@ from .hooks import OnlineRegroup, TrendsWriter
 from .optimizer import build_galw_optimizer
 from .train_loop import GALWStep
 
-__all__ = ["GALWTrainer", "build_recorder", "select_shared_parameters", "epoch_iters_from_cfg", "amp_settings",
-           "bind_shared_parameters", "get_rng_state", "set_rng_state"]
+__all__ = [
+    "GALWTrainer",
+    "build_recorder",
+    "select_shared_parameters",
+    "epoch_iters_from_cfg",
+    "amp_settings",
+    "bind_shared_parameters",
+    "get_rng_state",
+    "set_rng_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +78,10 @@ def select_shared_parameters(model: nn.Module, patterns) -> List:
     out = [(n, p) for n, p in model.named_parameters() if p.requires_grad and any(r.search(n) for r in regs)]
     if not out:
         sample = [n for n, _ in model.named_parameters()][:8]
-        raise ValueError(f"GALW.RECORD.SHARED_PARAMS {list(patterns)} match no trainable parameter of "
-                         f"{type(model).__name__} (names look like {sample})")
+        raise ValueError(
+            f"GALW.RECORD.SHARED_PARAMS {list(patterns)} match no trainable parameter of "
+            f"{type(model).__name__} (names look like {sample})"
+        )
     return out
 
 
@@ -83,11 +94,12 @@ def build_recorder(cfg, model: nn.Module) -> Optional[GradientTrendRecorder]:
         raise ValueError("GALW.ONLINE_REGROUP.WARMUP_EPOCHS must be >= 2 (a slope needs two epochs)")
     shared = select_shared_parameters(model, cfg.GALW.RECORD.SHARED_PARAMS)
     rec = GradientTrendRecorder(shared, cfg.GALW.RECORD.PERIOD, epoch_iters_from_cfg(cfg))
-    logger.info(f"GALW recorder: {len(shared)} shared tensors, probe every {rec.period} iterations, "
-                f"{rec.epoch_iters} iterations per epoch, probe loss '{cfg.GALW.RECORD.PROBE_LOSS}'")
+    logger.info(
+        f"GALW recorder: {len(shared)} shared tensors, probe every {rec.period} iterations, "
+        f"{rec.epoch_iters} iterations per epoch, probe loss '{cfg.GALW.RECORD.PROBE_LOSS}'"
+    )
     if rec.period > rec.epoch_iters:
-        msg = (f"GALW.RECORD.PERIOD ({rec.period}) > iterations per epoch ({rec.epoch_iters}): some epochs get "
-               "no probe")
+        msg = f"GALW.RECORD.PERIOD ({rec.period}) > iterations per epoch ({rec.epoch_iters}): some epochs get no probe"
         if cfg.GALW.ONLINE_REGROUP.ENABLED:
             raise ValueError(msg + "; online regrouping needs a probe in every warm-up epoch")
         logger.warning(msg + " (null in the trends file)")
@@ -139,13 +151,21 @@ class GALWTrainer(DefaultTrainer):
         self.recorder = build_recorder(cfg, unwrap_galw(model).model)
         bind_shared_parameters(cfg, unwrap_galw(model))
         device = unwrap_galw(model).device
-        model = create_ddp_model(model, broadcast_buffers=False,
-                                 **({"device_ids": None} if device.type == "cpu" else {}))
+        model = create_ddp_model(
+            model, broadcast_buffers=False, **({"device_ids": None} if device.type == "cpu" else {})
+        )
         amp_dtype, scaler = amp_settings(cfg, device)
-        self._trainer = GALWStep(model, data_loader, optimizer, recorder=self.recorder,
-                                 probe_loss=str(cfg.GALW.RECORD.PROBE_LOSS), recording=self._recording_now,
-                                 amp_dtype=amp_dtype, grad_scaler=scaler,
-                                 divergence_ratio=float(cfg.GALW.DIVERGENCE_RATIO))
+        self._trainer = GALWStep(
+            model,
+            data_loader,
+            optimizer,
+            recorder=self.recorder,
+            probe_loss=str(cfg.GALW.RECORD.PROBE_LOSS),
+            recording=self._recording_now,
+            amp_dtype=amp_dtype,
+            grad_scaler=scaler,
+            divergence_ratio=float(cfg.GALW.DIVERGENCE_RATIO),
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -195,10 +215,14 @@ class GALWTrainer(DefaultTrainer):
         """Write the recorder's trends JSON (main process); returns the path or None."""
         if self.recorder is None or not comm.is_main_process():
             return None
-        settings = {"meta_architecture": self.cfg.MODEL.META_ARCHITECTURE, "strategy": self.cfg.GALW.STRATEGY,
-                    "probe_loss": str(self.cfg.GALW.RECORD.PROBE_LOSS),
-                    "iterations": int(self.storage.iter) + 1 if hasattr(self, "storage") else None,
-                    "datasets": list(self.cfg.DATASETS.TRAIN), "online_regroup": self.galw_state.get("regrouped_at")}
+        settings = {
+            "meta_architecture": self.cfg.MODEL.META_ARCHITECTURE,
+            "strategy": self.cfg.GALW.STRATEGY,
+            "probe_loss": str(self.cfg.GALW.RECORD.PROBE_LOSS),
+            "iterations": int(self.storage.iter) + 1 if hasattr(self, "storage") else None,
+            "datasets": list(self.cfg.DATASETS.TRAIN),
+            "online_regroup": self.galw_state.get("regrouped_at"),
+        }
         if self.cfg.GALW.STRATEGY == "fixed":
             settings["fixed_preset"] = str(self.cfg.GALW.FIXED.PRESET)
         return self.recorder.write(path or self.trends_path(), settings)
@@ -206,8 +230,10 @@ class GALWTrainer(DefaultTrainer):
     def state_dict(self):
         ret = TrainerBase.state_dict(self)
         ret["_trainer"] = self._trainer.state_dict()
-        ret["galw"] = {"recorder": self.recorder.state_dict() if self.recorder is not None else None,
-                       "online": dict(self.galw_state)}
+        ret["galw"] = {
+            "recorder": self.recorder.state_dict() if self.recorder is not None else None,
+            "online": dict(self.galw_state),
+        }
         ret["rng"] = get_rng_state()
         return ret
 
@@ -229,11 +255,15 @@ class GALWTrainer(DefaultTrainer):
             set_rng_state(rng)
         elif rng is not None:
             # only rank 0 writes checkpoints: the other ranks' RNG states are not in the file
-            logger.warning("resume with several processes: the model's random choices (e.g. RoI sampling) are not "
-                           "restored (data order, augmentations, weights and optimizer are)")
+            logger.warning(
+                "resume with several processes: the model's random choices (e.g. RoI sampling) are not "
+                "restored (data order, augmentations, weights and optimizer are)"
+            )
         else:
-            logger.warning("checkpoint has no 'rng' state: random choices after resume (e.g. RoI sampling) differ "
-                           "from the uninterrupted run")
+            logger.warning(
+                "checkpoint has no 'rng' state: random choices after resume (e.g. RoI sampling) differ "
+                "from the uninterrupted run"
+            )
 
     def after_train(self):
         """detectron2's ``after_train``, except that after a divergence no hook writes a checkpoint or
@@ -261,10 +291,17 @@ class GALWTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         self._position_data_stream(self.start_iter)
         final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
-        if resume and self.start_iter >= self.max_iter and comm.is_main_process() and self.cfg.OUTPUT_DIR \
-                and checkpoint_problem(final)[0] is not None:
-            logger.warning(f"resume: the run had finished but {final} is missing or damaged; writing it again "
-                           "from the last intact checkpoint")
+        if (
+            resume
+            and self.start_iter >= self.max_iter
+            and comm.is_main_process()
+            and self.cfg.OUTPUT_DIR
+            and checkpoint_problem(final)[0] is not None
+        ):
+            logger.warning(
+                f"resume: the run had finished but {final} is missing or damaged; writing it again "
+                "from the last intact checkpoint"
+            )
             self.checkpointer.save("model_final", iteration=self.start_iter - 1)
 
     def _claim_output_dir(self) -> None:
@@ -282,11 +319,11 @@ class GALWTrainer(DefaultTrainer):
             raise FileExistsError(
                 f"OUTPUT_DIR {out} holds checkpoints of an earlier run ({', '.join(names)}"
                 "): pass --resume to continue it, choose another OUTPUT_DIR, or set GALW.OVERWRITE_OUTPUT True to "
-                "replace it")
+                "replace it"
+            )
         comm.synchronize()
         if comm.is_main_process():
-            logger.warning(f"GALW.OVERWRITE_OUTPUT: deleting the earlier run's {names} "
-                           f"in {out}")
+            logger.warning(f"GALW.OVERWRITE_OUTPUT: deleting the earlier run's {names} in {out}")
             for p in earlier:
                 os.remove(p)
         comm.synchronize()
@@ -298,9 +335,11 @@ class GALWTrainer(DefaultTrainer):
         if hasattr(sampler, "set_start"):
             sampler.set_start(start_iter)
         elif start_iter > 0:
-            logger.warning(f"resume at iteration {start_iter}: the training loader ({type(self.data_loader).__name__}) "
-                           "cannot skip, its data stream restarts from the beginning (resume is not exact); "
-                           "use galw_d2.data.samplers.build_resumable_train_loader")
+            logger.warning(
+                f"resume at iteration {start_iter}: the training loader ({type(self.data_loader).__name__}) "
+                "cannot skip, its data stream restarts from the beginning (resume is not exact); "
+                "use galw_d2.data.samplers.build_resumable_train_loader"
+            )
         with torch.random.fork_rng(devices=[]):
             self._trainer.reset_data_iterator()
 
@@ -310,18 +349,24 @@ def get_rng_state() -> dict:
     ``torch.load(weights_only=True)``, as fvcore loads checkpoints)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "cached_gaussian": float(cached)},
-            "python": {"version": int(version), "state": torch.as_tensor(internal, dtype=torch.int64),
-                       "gauss": gauss}}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.as_tensor(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": torch.as_tensor(internal, dtype=torch.int64), "gauss": gauss},
+    }
 
 
 def set_rng_state(state: dict) -> None:
     """Restore :func:`get_rng_state`'s states."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))

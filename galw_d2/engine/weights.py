@@ -12,6 +12,7 @@ queue: training state whose size follows the training set's identity count) and 
 parameters of ``GALWModel`` checkpoints. A shape mismatch of such a tensor (evaluating on another
 dataset than the one trained on) keeps the model's own tensor and logs a note.
 """
+
 import logging
 import os
 from collections import OrderedDict
@@ -36,7 +37,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-
 class WeightsMismatchError(ValueError):
     """The weights file does not cover the model (missing tensors or other shapes)."""
 
@@ -52,7 +52,7 @@ def _state_dict_of(checkpoint_state: Mapping) -> Mapping[str, torch.Tensor]:
     if not isinstance(sd, Mapping):
         raise TypeError(f"expected a state dict (a mapping name -> tensor), got {type(sd).__name__}")
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -66,7 +66,7 @@ def inference_unused_keys(model: nn.Module) -> List[str]:
     for name, m in inner.named_modules():
         if isinstance(m, OIMMemory):
             if flat and name.startswith("model."):
-                name = name[len("model."):]
+                name = name[len("model.") :]
             keys += [f"{name}.{b}" for b in m.state_dict()]
     return keys
 
@@ -88,8 +88,9 @@ def _describe(keys: List[str], limit: int = 8) -> str:
     return "; ".join(parts)
 
 
-def check_weights_cover_model(model: nn.Module, checkpoint_state: Mapping, source: str = "weights",
-                              allow_missing: bool = False) -> Dict:
+def check_weights_cover_model(
+    model: nn.Module, checkpoint_state: Mapping, source: str = "weights", allow_missing: bool = False
+) -> Dict:
     """Check that a checkpoint holds every tensor ``model`` needs for inference, with its shape.
 
     Args:
@@ -120,29 +121,42 @@ def check_weights_cover_model(model: nn.Module, checkpoint_state: Mapping, sourc
                 skipped.append(k)
             else:
                 wrong.append((k, tuple(v.shape), tuple(sd[k].shape)))
-    report = {"missing": missing, "wrong_shape": wrong, "unexpected": sum(k not in own for k in sd),
-              "skipped_unused": skipped, "total": len(own)}
+    report = {
+        "missing": missing,
+        "wrong_shape": wrong,
+        "unexpected": sum(k not in own for k in sd),
+        "skipped_unused": skipped,
+        "total": len(own),
+    }
     if missing or wrong:
         n_needed = len([k for k in own if k not in unused and not k.endswith("num_batches_tracked")])
-        msg = [f"weights file {source} does not cover the model {type(model).__name__}: "
-               f"{len(missing) + len(wrong)} of {n_needed} tensors would stay randomly initialised"]
+        msg = [
+            f"weights file {source} does not cover the model {type(model).__name__}: "
+            f"{len(missing) + len(wrong)} of {n_needed} tensors would stay randomly initialised"
+        ]
         if missing:
             msg.append(f"missing: {_describe(missing)}")
         if wrong:
             k, ms, fs = wrong[0]
             msg.append(f"other shape: {_describe([w[0] for w in wrong])} (e.g. {k}: model {ms}, file {fs})")
         if report["unexpected"]:
-            msg.append(f"{report['unexpected']} tensors of the file are not in the model "
-                       f"(e.g. {_describe([k for k in sd if k not in own], limit=3)})")
-        msg.append("do the config (--config-file, MODEL.META_ARCHITECTURE, backbone) and the weights belong "
-                   "together? (--allow-partial-weights loads anyway)")
+            msg.append(
+                f"{report['unexpected']} tensors of the file are not in the model "
+                f"(e.g. {_describe([k for k in sd if k not in own], limit=3)})"
+            )
+        msg.append(
+            "do the config (--config-file, MODEL.META_ARCHITECTURE, backbone) and the weights belong "
+            "together? (--allow-partial-weights loads anyway)"
+        )
         text = "; ".join(msg)
         if not allow_missing:
             raise WeightsMismatchError(text)
         logger.warning(f"[weights] {text} -- loading anyway (allowed)")
     if skipped:
-        logger.info(f"[weights] {source}: {len(skipped)} training-only tensors (OIM memories / loss weighting) are "
-                    f"missing or sized for another training set and keep their initial values: {_describe(skipped)}")
+        logger.info(
+            f"[weights] {source}: {len(skipped)} training-only tensors (OIM memories / loss weighting) are "
+            f"missing or sized for another training set and keep their initial values: {_describe(skipped)}"
+        )
     return report
 
 
@@ -152,8 +166,10 @@ def read_weights_file(path: str) -> Dict:
         raise FileNotFoundError(f"weights file {path}: no such file")
     obj = torch_load_file(path, "weights file")
     if not isinstance(obj, Mapping):
-        raise ValueError(f"weights file {path}: expected a checkpoint dict (detectron2: {{'model': state_dict}}), "
-                         f"got {type(obj).__name__}")
+        raise ValueError(
+            f"weights file {path}: expected a checkpoint dict (detectron2: {{'model': state_dict}}), "
+            f"got {type(obj).__name__}"
+        )
     try:
         _state_dict_of(obj)
     except TypeError as e:
@@ -188,12 +204,19 @@ def load_model_weights(model: nn.Module, path: str, allow_partial: bool = False)
         inc = ckp.incompatible
         missing = [k for k in inc.missing_keys if k not in unused]
         wrong = [(k, tuple(m), tuple(f)) for k, f, m in inc.incorrect_shapes if k not in unused]
-        report = {"missing": missing, "wrong_shape": wrong, "unexpected": len(inc.unexpected_keys),
-                  "skipped_unused": [], "total": len(model.state_dict())}
+        report = {
+            "missing": missing,
+            "wrong_shape": wrong,
+            "unexpected": len(inc.unexpected_keys),
+            "skipped_unused": [],
+            "total": len(model.state_dict()),
+        }
         if (missing or wrong) and not allow_partial:
-            raise WeightsMismatchError(f"weights file {path} does not cover the model: missing "
-                                       f"{_describe(missing + [w[0] for w in wrong])} (--allow-partial-weights "
-                                       f"loads anyway)")
+            raise WeightsMismatchError(
+                f"weights file {path} does not cover the model: missing "
+                f"{_describe(missing + [w[0] for w in wrong])} (--allow-partial-weights "
+                f"loads anyway)"
+            )
         return report
     ckpt = read_weights_file(path)
     report = check_weights_cover_model(model, ckpt, source=path, allow_missing=allow_partial)

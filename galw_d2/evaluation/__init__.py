@@ -1,5 +1,6 @@
 """Person-search evaluation: the standard protocol's metrics (numpy core), the saved-results file,
 the detectron2 evaluator and plots. See docs/evaluation.md."""
+
 from .detection import evaluate_detection, match_detections  # noqa: F401
 from .results import build_results, load_results, save_results, validate_results  # noqa: F401
 from .scoring import evaluate_results  # noqa: F401

@@ -8,6 +8,7 @@ Images without GT boxes contribute only false positives (the reference code cras
 without detections still count their GT boxes. ``labeled_only`` drops unlabeled GT (pid -1) and
 images left without GT.
 """
+
 from typing import Dict, Mapping
 
 import numpy as np
@@ -29,8 +30,13 @@ def match_detections(gt_boxes: np.ndarray, det_boxes: np.ndarray, iou_thresh: fl
     return (best_det[best_gt] == j) & (ious[best_gt, j] >= iou_thresh)
 
 
-def evaluate_detection(gallery_gt: Mapping, detections: Mapping[str, Mapping[str, np.ndarray]],
-                       det_thresh: float = 0.5, iou_thresh: float = 0.5, labeled_only: bool = False) -> Dict:
+def evaluate_detection(
+    gallery_gt: Mapping,
+    detections: Mapping[str, Mapping[str, np.ndarray]],
+    det_thresh: float = 0.5,
+    iou_thresh: float = 0.5,
+    labeled_only: bool = False,
+) -> Dict:
     """Args:
         gallery_gt: ``{name: GalleryImage}`` (``SearchProtocol.gallery``): the images scored.
         detections: validated ``results["gallery"]``; images missing from it have no detections.

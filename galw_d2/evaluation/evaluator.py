@@ -25,6 +25,7 @@ Fractions in [0, 1]. Every value is a float (EvalHook requirement); keys contain
 settings, which ``print_csv_format`` leaves out of its table. The full settings (with the protocol
 name) are in ``self.settings``, logged, and written into the saved-results file.
 """
+
 import copy
 import itertools
 import logging
@@ -34,7 +35,6 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
@@ -68,11 +68,23 @@ class PersonSearchEvaluator(DatasetEvaluator):
         protocol: a ready :class:`~galw_d2.data.protocol.SearchProtocol` (skips the dataset lookup).
     """
 
-    def __init__(self, dataset_name: str, cfg=None, output_dir: Optional[str] = None, *, distributed: bool = True,
-                 det_thresh: Optional[float] = None, query_mode: Optional[str] = None,
-                 gallery_size: Optional[int] = None, cross_camera: Optional[bool] = None,
-                 subset: Optional[str] = None, upper_bound: Optional[bool] = None,
-                 save_results: Optional[bool] = None, protocol=None, tie_rule: Optional[str] = None):
+    def __init__(
+        self,
+        dataset_name: str,
+        cfg=None,
+        output_dir: Optional[str] = None,
+        *,
+        distributed: bool = True,
+        det_thresh: Optional[float] = None,
+        query_mode: Optional[str] = None,
+        gallery_size: Optional[int] = None,
+        cross_camera: Optional[bool] = None,
+        subset: Optional[str] = None,
+        upper_bound: Optional[bool] = None,
+        save_results: Optional[bool] = None,
+        protocol=None,
+        tie_rule: Optional[str] = None,
+    ):
         ps = cfg.TEST.PERSON_SEARCH if cfg is not None else None
 
         def pick(value, key, default):
@@ -109,8 +121,10 @@ class PersonSearchEvaluator(DatasetEvaluator):
             name = inp.get("image_name") or os.path.basename(inp["file_name"])
             inst = out["instances"].to("cpu")
             if not inst.has("embeddings") and not self.upper_bound:
-                raise KeyError(f"PersonSearchEvaluator: model output for {name} has no 'embeddings' field "
-                               f"(got {list(inst.get_fields())})")
+                raise KeyError(
+                    f"PersonSearchEvaluator: model output for {name} has no 'embeddings' field "
+                    f"(got {list(inst.get_fields())})"
+                )
             det = {
                 "boxes": _np(inst.pred_boxes.tensor).reshape(-1, 4),
                 "scores": _np(inst.scores).reshape(-1),
@@ -121,15 +135,24 @@ class PersonSearchEvaluator(DatasetEvaluator):
             embed_boxes = inp.get("embed_boxes")
             embed_boxes = None if embed_boxes is None else _np(embed_boxes).reshape(-1, 4)
             if inp.get("is_query", False):
-                self._queries[int(inp["query_index"])] = {"image": name, "det": det, "embed_boxes": embed_boxes,
-                                                         "box_embeddings": box_emb}
+                self._queries[int(inp["query_index"])] = {
+                    "image": name,
+                    "det": det,
+                    "embed_boxes": embed_boxes,
+                    "box_embeddings": box_emb,
+                }
             else:
                 if self.upper_bound:
                     if box_emb is None or embed_boxes is None:
-                        raise KeyError(f"PersonSearchEvaluator (upper bound): gallery record {name} needs "
-                                       f"'embed_boxes' (input) and 'box_embeddings' (output)")
-                    det = {"boxes": embed_boxes, "scores": np.ones(len(embed_boxes), np.float32),
-                           "feats": box_emb.reshape(len(embed_boxes), -1)}
+                        raise KeyError(
+                            f"PersonSearchEvaluator (upper bound): gallery record {name} needs "
+                            f"'embed_boxes' (input) and 'box_embeddings' (output)"
+                        )
+                    det = {
+                        "boxes": embed_boxes,
+                        "scores": np.ones(len(embed_boxes), np.float32),
+                        "feats": box_emb.reshape(len(embed_boxes), -1),
+                    }
                 self._gallery[name] = det
 
     # ------------------------------------------------------------------ scoring
@@ -137,8 +160,9 @@ class PersonSearchEvaluator(DatasetEvaluator):
         if self._protocol is None:
             from galw_d2.data import get_search_protocol
 
-            self._protocol = get_search_protocol(self._dataset_name, gallery_size=self.gallery_size,
-                                                 subset=self.subset, cross_camera=self.cross_camera)
+            self._protocol = get_search_protocol(
+                self._dataset_name, gallery_size=self.gallery_size, subset=self.subset, cross_camera=self.cross_camera
+            )
         return self._protocol
 
     def _query_feature(self, i: int, pq, rec) -> (np.ndarray, bool):
@@ -158,12 +182,16 @@ class PersonSearchEvaluator(DatasetEvaluator):
                 if ious.max() > 0:
                     return d["feats"][int(ious.argmax())], False
             if box_feat is None:
-                raise ValueError(f"PersonSearchEvaluator: query {i} ({pq.image}): no detection overlaps the "
-                                 f"query box and the model returned no 'box_embeddings' to fall back to")
+                raise ValueError(
+                    f"PersonSearchEvaluator: query {i} ({pq.image}): no detection overlaps the "
+                    f"query box and the model returned no 'box_embeddings' to fall back to"
+                )
             return box_feat, True
         if box_feat is None:
-            raise ValueError(f"PersonSearchEvaluator: query {i} ({pq.image}): query_mode 'box' needs "
-                             f"'box_embeddings' in the model output (the input needs 'embed_boxes')")
+            raise ValueError(
+                f"PersonSearchEvaluator: query {i} ({pq.image}): query_mode 'box' needs "
+                f"'box_embeddings' in the model output (the input needs 'embed_boxes')"
+            )
         return box_feat, False
 
     def build_results(self) -> Dict:
@@ -171,28 +199,41 @@ class PersonSearchEvaluator(DatasetEvaluator):
         protocol = self._get_protocol()
         missing = [i for i in range(len(protocol.queries)) if i not in self._queries]
         if missing:
-            raise ValueError(f"PersonSearchEvaluator: {len(missing)} of {len(protocol.queries)} protocol queries "
-                             f"were not processed (first: query {missing[0]}, {protocol.queries[missing[0]].image}); "
-                             f"evaluate on the '<prefix>_test' dataset")
+            raise ValueError(
+                f"PersonSearchEvaluator: {len(missing)} of {len(protocol.queries)} protocol queries "
+                f"were not processed (first: query {missing[0]}, {protocol.queries[missing[0]].image}); "
+                f"evaluate on the '<prefix>_test' dataset"
+            )
         queries, fallbacks = [], 0
         for i, pq in enumerate(protocol.queries):
             rec = self._queries[i]
             if rec["image"] != pq.image:
-                raise ValueError(f"PersonSearchEvaluator: record with query_index {i} is image {rec['image']} but "
-                                 f"protocol query {i} is in {pq.image}")
+                raise ValueError(
+                    f"PersonSearchEvaluator: record with query_index {i} is image {rec['image']} but "
+                    f"protocol query {i} is in {pq.image}"
+                )
             f, fb = self._query_feature(i, pq, rec)
             fallbacks += int(fb)
             queries.append({"image": pq.image, "box": np.asarray(pq.box, np.float32), "feat": f})
         self._fallbacks = fallbacks
-        return validate_results({"gallery": self._gallery, "queries": queries, "settings": self._settings()},
-                                source=f"PersonSearchEvaluator({self._dataset_name})")
+        return validate_results(
+            {"gallery": self._gallery, "queries": queries, "settings": self._settings()},
+            source=f"PersonSearchEvaluator({self._dataset_name})",
+        )
 
     def _settings(self) -> Dict:
         p = self._protocol
-        return {"dataset": self._dataset_name, "protocol": f"{p.dataset}/{p.name}" if p is not None else None,
-                "det_thresh": self.det_thresh, "query_mode": self.query_mode, "gallery_size": self.gallery_size,
-                "cross_camera": self.cross_camera, "subset": self.subset, "upper_bound": self.upper_bound,
-                "tie_rule": self.tie_rule}
+        return {
+            "dataset": self._dataset_name,
+            "protocol": f"{p.dataset}/{p.name}" if p is not None else None,
+            "det_thresh": self.det_thresh,
+            "query_mode": self.query_mode,
+            "gallery_size": self.gallery_size,
+            "cross_camera": self.cross_camera,
+            "subset": self.subset,
+            "upper_bound": self.upper_bound,
+            "tie_rule": self.tie_rule,
+        }
 
     def evaluate(self):
         if self._distributed:
@@ -214,23 +255,34 @@ class PersonSearchEvaluator(DatasetEvaluator):
             path = os.path.join(self._output_dir, "search_results.pth")
             save_results(path, results)
             logger.info(f"[PersonSearchEvaluator] saved results to {path}")
-        scores = evaluate_results(protocol, results, det_thresh=self.det_thresh, detection=not self.upper_bound,
-                                  tie_rule=self.tie_rule, source=f"PersonSearchEvaluator({self._dataset_name})")
+        scores = evaluate_results(
+            protocol,
+            results,
+            det_thresh=self.det_thresh,
+            detection=not self.upper_bound,
+            tie_rule=self.tie_rule,
+            source=f"PersonSearchEvaluator({self._dataset_name})",
+        )
         s = scores["search"]
         ties = s["ties"]
         search = OrderedDict((k, float(s[k])) for k in ("mAP", "top1", "top5", "top10"))
-        search.update({
-            "det-thresh": self.det_thresh, "gallery-size": float(self.gallery_size),
-            "cross-camera": float(self.cross_camera), "query-mode-best-iou": float(self.query_mode == "best_iou"),
-            "upper-bound": float(self.upper_bound), "num-queries": float(s["num_queries"]),
-            "query-fallbacks": float(self._fallbacks),
-            # tie / collapse diagnostics (docs/evaluation.md): 1.0 = collapsed embeddings
-            "tie-rule-pessimistic": float(self.tie_rule == "pessimistic"),
-            "tied-top1-fraction": float(ties["tied_top1_fraction"]),
-            "tie-affected-fraction": float(ties["affected_fraction"]),
-            "feature-spread": float(ties["feature_spread"]),
-            "embeddings-collapsed": float(ties["collapsed"]),
-        })
+        search.update(
+            {
+                "det-thresh": self.det_thresh,
+                "gallery-size": float(self.gallery_size),
+                "cross-camera": float(self.cross_camera),
+                "query-mode-best-iou": float(self.query_mode == "best_iou"),
+                "upper-bound": float(self.upper_bound),
+                "num-queries": float(s["num_queries"]),
+                "query-fallbacks": float(self._fallbacks),
+                # tie / collapse diagnostics (docs/evaluation.md): 1.0 = collapsed embeddings
+                "tie-rule-pessimistic": float(self.tie_rule == "pessimistic"),
+                "tied-top1-fraction": float(ties["tied_top1_fraction"]),
+                "tie-affected-fraction": float(ties["affected_fraction"]),
+                "feature-spread": float(ties["feature_spread"]),
+                "embeddings-collapsed": float(ties["collapsed"]),
+            }
+        )
         other = "pessimistic" if self.tie_rule == "standard" else "standard"
         for k in ("mAP", "top1", "top5", "top10"):
             search[f"{k}-{other}-ties"] = float(ties[other][k])
@@ -243,6 +295,8 @@ class PersonSearchEvaluator(DatasetEvaluator):
         if ties["warning"]:
             logger.warning(f"[PersonSearchEvaluator] {self._dataset_name}: {ties['warning']}")
         if s["num_queries_without_gt"]:
-            logger.warning(f"[PersonSearchEvaluator] {s['num_queries_without_gt']} queries have no gallery image "
-                           f"containing their person and were left out")
+            logger.warning(
+                f"[PersonSearchEvaluator] {s['num_queries_without_gt']} queries have no gallery image "
+                f"containing their person and were left out"
+            )
         return copy.deepcopy(out)

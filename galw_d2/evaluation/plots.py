@@ -1,4 +1,5 @@
 """Figures of the paper: mAP vs gallery size (Fig. 4) and top-k search results (Fig. 5). matplotlib, Agg."""
+
 import os
 from typing import Callable, Dict, Mapping, Sequence, Union
 
@@ -58,9 +59,16 @@ def _crop(img: np.ndarray, box) -> np.ndarray:
     return img[y1:y2, x1:x2]
 
 
-def plot_topk_search(protocol, gallery: Mapping[str, Mapping[str, np.ndarray]], query_feats: np.ndarray,
-                     query_indices: Sequence[int], image_path: Union[str, Callable[[str], str]], path: str,
-                     k: int = 5, det_thresh: float = 0.5) -> str:
+def plot_topk_search(
+    protocol,
+    gallery: Mapping[str, Mapping[str, np.ndarray]],
+    query_feats: np.ndarray,
+    query_indices: Sequence[int],
+    image_path: Union[str, Callable[[str], str]],
+    path: str,
+    k: int = 5,
+    det_thresh: float = 0.5,
+) -> str:
     """A row per query: the query crop, then its k most similar gallery detections, framed green when
     correct (the true positive of that image) and red otherwise, titled with the similarity.
 
@@ -87,8 +95,9 @@ def plot_topk_search(protocol, gallery: Mapping[str, Mapping[str, np.ndarray]], 
         return cache[name]
 
     plt = _plt()
-    fig, axes = plt.subplots(len(query_indices), k + 1, figsize=(1.6 * (k + 1), 2.6 * len(query_indices)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(query_indices), k + 1, figsize=(1.6 * (k + 1), 2.6 * len(query_indices)), squeeze=False
+    )
     for row, qi in enumerate(query_indices):
         q = protocol.queries[qi]
         r, table = score_query(protocol, gallery, query_feats, qi, det_thresh=det_thresh)

@@ -29,6 +29,7 @@ an empty gallery, gallery images the protocol does not know, protocol gallery im
 entry, and a query count or query image that does not match the protocol. :func:`load_results` also
 names the path of an empty, truncated or non-``torch.save`` file.
 """
+
 import os
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -47,8 +48,11 @@ def _np(x, dtype=np.float32) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def build_results(gallery: Mapping[str, Mapping[str, Any]], queries: List[Mapping[str, Any]],
-                  settings: Optional[Mapping[str, Any]] = None) -> Dict:
+def build_results(
+    gallery: Mapping[str, Mapping[str, Any]],
+    queries: List[Mapping[str, Any]],
+    settings: Optional[Mapping[str, Any]] = None,
+) -> Dict:
     """Assemble (and validate) a results dict from per-image detections and per-query features."""
     res = {"gallery": dict(gallery), "queries": list(queries)}
     if settings is not None:
@@ -81,8 +85,10 @@ def validate_results(results: Mapping, protocol=None, source: str = "results", a
         (int, > 0 only with ``allow_partial``).
     """
     if not isinstance(results, Mapping) or "gallery" not in results or "queries" not in results:
-        raise ValueError(f"{source}: expected a dict with keys 'gallery' and 'queries', got "
-                         f"{type(results).__name__} with keys {list(results) if isinstance(results, Mapping) else '-'}")
+        raise ValueError(
+            f"{source}: expected a dict with keys 'gallery' and 'queries', got "
+            f"{type(results).__name__} with keys {list(results) if isinstance(results, Mapping) else '-'}"
+        )
     gal_in, qs_in = results["gallery"], results["queries"]
     if not isinstance(gal_in, Mapping):
         raise ValueError(f"{source}: 'gallery' must be a dict image_name -> detections, got {type(gal_in).__name__}")
@@ -93,8 +99,10 @@ def validate_results(results: Mapping, protocol=None, source: str = "results", a
         where = f"{source}: gallery image {name!r}"
         if not isinstance(name, str) or "/" in name or "\\" in name:
             bare = os.path.basename(str(name).replace("\\", "/"))
-            raise ValueError(f"{where}: image keys must be the bare file name as in the annotations "
-                             f"({bare!r}), not a path or a {type(name).__name__}")
+            raise ValueError(
+                f"{where}: image keys must be the bare file name as in the annotations "
+                f"({bare!r}), not a path or a {type(name).__name__}"
+            )
         if not isinstance(r, Mapping) or not {"boxes", "scores", "feats"} <= set(r):
             raise ValueError(f"{where}: expected keys 'boxes', 'scores', 'feats'")
         boxes, scores, feats = _np(r["boxes"]), _np(r["scores"]), _np(r["feats"])
@@ -118,18 +126,24 @@ def validate_results(results: Mapping, protocol=None, source: str = "results", a
             for field, arr in (("boxes", boxes), ("scores", scores), ("feats", feats)):
                 bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
                 if bad.any():
-                    raise ValueError(f"{where}: '{field}' has NaN/inf in {int(bad.sum())} of {n} detections "
-                                     f"(first: detection {int(np.flatnonzero(bad)[0])})")
+                    raise ValueError(
+                        f"{where}: '{field}' has NaN/inf in {int(bad.sum())} of {n} detections "
+                        f"(first: detection {int(np.flatnonzero(bad)[0])})"
+                    )
             # (a float32 softmax may round a hair past 1)
             out_of_range = np.flatnonzero((scores < -1e-6) | (scores > 1 + 1e-6))
             if out_of_range.size:
                 i = int(out_of_range[0])
-                raise ValueError(f"{where}: 'scores' must be detection probabilities in [0, 1]; {out_of_range.size} "
-                                 f"of {n} are not (first: detection {i}, {float(scores[i])}); logits?")
+                raise ValueError(
+                    f"{where}: 'scores' must be detection probabilities in [0, 1]; {out_of_range.size} "
+                    f"of {n} are not (first: detection {i}, {float(scores[i])}); logits?"
+                )
             inv = np.flatnonzero(_inverted(boxes))
             if inv.size:
-                raise ValueError(f"{where}: 'boxes' has x2 < x1 or y2 < y1 in {inv.size} of {n} detections (first: "
-                                 f"detection {int(inv[0])}, {_fmt_box(boxes[inv[0]])}); expected x1y1x2y2 pixels")
+                raise ValueError(
+                    f"{where}: 'boxes' has x2 < x1 or y2 < y1 in {inv.size} of {n} detections (first: "
+                    f"detection {int(inv[0])}, {_fmt_box(boxes[inv[0]])}); expected x1y1x2y2 pixels"
+                )
         gallery[str(name)] = {"boxes": boxes, "scores": scores, "feats": feats}
     if not isinstance(qs_in, (list, tuple)):
         raise ValueError(f"{source}: 'queries' must be a list, got {type(qs_in).__name__}")
@@ -148,8 +162,9 @@ def validate_results(results: Mapping, protocol=None, source: str = "results", a
         if not np.isfinite(feat).all() or not np.isfinite(box).all():
             raise ValueError(f"{where} ({q['image']}): 'feat' or 'box' has NaN/inf")
         if _inverted(box.reshape(1, 4))[0]:
-            raise ValueError(f"{where} ({q['image']}): 'box' has x2 < x1 or y2 < y1 ({_fmt_box(box)}); "
-                             f"expected x1y1x2y2 pixels")
+            raise ValueError(
+                f"{where} ({q['image']}): 'box' has x2 < x1 or y2 < y1 ({_fmt_box(box)}); expected x1y1x2y2 pixels"
+            )
         queries.append({"image": str(q["image"]), "box": box, "feat": feat})
     dim = dim or 0
     for r in gallery.values():  # empty images get (0, D)
@@ -186,28 +201,38 @@ def check_against_protocol(results: Mapping, protocol, source: str = "results", 
         for q in protocol.queries:
             required.update(dict.fromkeys(n for n, _ in q.gallery))
     if not gal:
-        raise ValueError(f"{source}: 'gallery' is empty, but protocol {pname} has {len(required)} gallery images "
-                         f"(every gallery image needs an entry; N = 0 for an image without detections)")
+        raise ValueError(
+            f"{source}: 'gallery' is empty, but protocol {pname} has {len(required)} gallery images "
+            f"(every gallery image needs an entry; N = 0 for an image without detections)"
+        )
     known = set(required) | {q.image for q in protocol.queries}
     unknown = [n for n in gal if n not in known]
     if unknown:
-        raise ValueError(f"{source}: {len(unknown)} gallery images are not in protocol {pname} (e.g. "
-                         f"{_names(unknown)}); results of another dataset or split? (protocol images look like "
-                         f"{_names(list(required)[:2])})")
+        raise ValueError(
+            f"{source}: {len(unknown)} gallery images are not in protocol {pname} (e.g. "
+            f"{_names(unknown)}); results of another dataset or split? (protocol images look like "
+            f"{_names(list(required)[:2])})"
+        )
     missing = [n for n in required if n not in gal]
     if missing and not allow_partial:
-        raise ValueError(f"{source}: {len(missing)} of {len(required)} protocol gallery images have no entry "
-                         f"(e.g. {_names(missing)}); an incomplete results file scores a wrong mAP. Give an image "
-                         f"without detections an entry with N = 0, or pass allow_partial (--allow-partial) to score "
-                         f"missing images as images without detections")
+        raise ValueError(
+            f"{source}: {len(missing)} of {len(required)} protocol gallery images have no entry "
+            f"(e.g. {_names(missing)}); an incomplete results file scores a wrong mAP. Give an image "
+            f"without detections an entry with N = 0, or pass allow_partial (--allow-partial) to score "
+            f"missing images as images without detections"
+        )
     qs = results["queries"]
     if len(qs) != len(protocol.queries):
-        raise ValueError(f"{source}: {len(qs)} queries but protocol {protocol.dataset}/{protocol.name} has "
-                         f"{len(protocol.queries)} (queries must be in protocol order)")
+        raise ValueError(
+            f"{source}: {len(qs)} queries but protocol {protocol.dataset}/{protocol.name} has "
+            f"{len(protocol.queries)} (queries must be in protocol order)"
+        )
     for i, (q, pq) in enumerate(zip(qs, protocol.queries)):
         if q["image"] != pq.image:
-            raise ValueError(f"{source}: query {i} is in image {q['image']!r} but protocol query {i} is in "
-                             f"{pq.image!r} (queries must be in protocol order)")
+            raise ValueError(
+                f"{source}: query {i} is in image {q['image']!r} but protocol query {i} is in "
+                f"{pq.image!r} (queries must be in protocol order)"
+            )
     return len(missing)
 
 
@@ -228,7 +253,9 @@ def load_results(path: str, protocol=None, allow_partial: bool = False) -> Dict:
     """``torch.load`` a results file and validate it (optionally against a protocol, see
     :func:`validate_results`)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"results file {path} does not exist (write one with PersonSearchEvaluator "
-                                f"SAVE_RESULTS or galw_d2.evaluation.save_results)")
+        raise FileNotFoundError(
+            f"results file {path} does not exist (write one with PersonSearchEvaluator "
+            f"SAVE_RESULTS or galw_d2.evaluation.save_results)"
+        )
     res = torch_load_file(path, "results file")
     return validate_results(res, protocol=protocol, source=path, allow_partial=allow_partial)

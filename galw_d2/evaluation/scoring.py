@@ -1,5 +1,6 @@
 """Scoring a saved-results dict against a protocol: numpy only (no detectron2, no torch), so the
 command-line re-scoring (tools/evaluate_search.py) and other codebases can use it."""
+
 import logging
 from typing import Dict, Mapping
 
@@ -14,9 +15,16 @@ __all__ = ["evaluate_results"]
 logger = logging.getLogger(__name__)
 
 
-def evaluate_results(protocol, results: Mapping, det_thresh: float = 0.5, detection: bool = True,
-                     progress: bool = False, allow_partial: bool = False, source: str = "results",
-                     **search_kwargs) -> Dict:
+def evaluate_results(
+    protocol,
+    results: Mapping,
+    det_thresh: float = 0.5,
+    detection: bool = True,
+    progress: bool = False,
+    allow_partial: bool = False,
+    source: str = "results",
+    **search_kwargs,
+) -> Dict:
     """Score a (validated or raw) results dict against a protocol.
 
     Args:
@@ -32,11 +40,16 @@ def evaluate_results(protocol, results: Mapping, det_thresh: float = 0.5, detect
     res = validate_results(results, source=source)
     missing = check_against_protocol(res, protocol, source, allow_partial=allow_partial)
     if missing:
-        logger.warning(f"[evaluate_results] {source}: {missing} protocol gallery images have no entry and are scored "
-                       f"as images without detections (allow_partial)")
+        logger.warning(
+            f"[evaluate_results] {source}: {missing} protocol gallery images have no entry and are scored "
+            f"as images without detections (allow_partial)"
+        )
     qf = np.stack([q["feat"] for q in res["queries"]]) if res["queries"] else np.zeros((0, 0), np.float32)
-    out = {"search": evaluate_search(protocol, res["gallery"], qf, det_thresh=det_thresh, progress=progress,
-                                     **search_kwargs)}
+    out = {
+        "search": evaluate_search(
+            protocol, res["gallery"], qf, det_thresh=det_thresh, progress=progress, **search_kwargs
+        )
+    }
     out["search"]["missing_gallery_images"] = int(missing)
     if detection:
         out["detection"] = evaluate_detection(protocol.gallery, res["gallery"], det_thresh=det_thresh)

@@ -33,6 +33,7 @@ Speed: the similarities of a chunk of queries to all detections are one matrix p
 bounded by ``chunk_bytes``); each query's body is vectorised and ranks only its true positives
 (O(n log T), no sort of its n detections).
 """
+
 import logging
 import math
 from dataclasses import dataclass
@@ -74,8 +75,9 @@ def check_det_thresh(det_thresh) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"det_thresh {det_thresh!r}: expected a finite number in [0, 1)") from None
     if not (math.isfinite(t) and 0.0 <= t < 1.0):
-        raise ValueError(f"det_thresh {t}: expected a finite number in [0, 1) (detections with score >= det_thresh "
-                         f"are kept)")
+        raise ValueError(
+            f"det_thresh {t}: expected a finite number in [0, 1) (detections with score >= det_thresh are kept)"
+        )
     return t
 
 
@@ -130,7 +132,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = iw * ih
-    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    union = (
+        (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
@@ -177,8 +181,9 @@ class DetectionTable:
     image: np.ndarray
 
     @classmethod
-    def build(cls, gallery: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str], det_thresh: float,
-              dim: int) -> "DetectionTable":
+    def build(
+        cls, gallery: Mapping[str, Mapping[str, np.ndarray]], names: Sequence[str], det_thresh: float, dim: int
+    ) -> "DetectionTable":
         """Args: gallery = validated ``results["gallery"]`` (see :mod:`.results`); names = every image
         name that may be looked up (protocol gallery + explicit lists), images absent from ``gallery``
         get no detections; dim = feature size D."""
@@ -276,8 +281,11 @@ class _GalleryPlanner:
         else:
             qid = t.index.get(q.image, -1)
             keep = self.row_image != qid
-            occ = [(gi, b) for gi, b, cam in self.pid_occ.get(int(q.pid), []) if gi != qid
-                   and (self.p.rule != "other_cameras" or cam != q.camera)]
+            occ = [
+                (gi, b)
+                for gi, b, cam in self.pid_occ.get(int(q.pid), [])
+                if gi != qid and (self.p.rule != "other_cameras" or cam != q.camera)
+            ]
             if self.p.rule == "other_cameras":
                 keep &= self.row_cam != q.camera
             rows = self.all_rows[keep]
@@ -383,8 +391,9 @@ def _score(table: DetectionTable, g: _QueryGallery, sims_all: np.ndarray, ranked
     if ranked:
         order = np.argsort(-s, kind="stable")
         labels = np.isin(g.rows, tp_rows).astype(np.int8)
-        return QueryScore(ap, count_tp, g.count_gt, first, g.rows[order], s[order], labels[order], ap_p, first_p,
-                          top_tied)
+        return QueryScore(
+            ap, count_tp, g.count_gt, first, g.rows[order], s[order], labels[order], ap_p, first_p, top_tied
+        )
     return QueryScore(ap, count_tp, g.count_gt, first, None, None, None, ap_p, first_p, top_tied)
 
 
@@ -456,7 +465,7 @@ def evaluate_search(
 
         it = tqdm(it, total=(nq + step - 1) // step, desc="search", unit="chunk")
     for s in it:
-        sims_block = qf[s:s + step] @ table.feats.T  # (chunk, M)
+        sims_block = qf[s : s + step] @ table.feats.T  # (chunk, M)
         for j in range(sims_block.shape[0]):
             qi = s + j
             r = _score(table, planner.plan(protocol.queries[qi]), sims_block[j])
@@ -510,15 +519,21 @@ def _tie_report(metrics, aps, aps_p, first, first_p, top_tied, valid, feats) -> 
     gaps = {k: metrics["standard"][k] - metrics["pessimistic"][k] for k in metrics["standard"]}
     worst = max(gaps, key=gaps.get)
     if rep["collapsed"] or gaps[worst] >= TIE_GAP_WARN:
-        what = (f"embeddings look collapsed (gallery feature spread {spread:.4f} < {COLLAPSED_SPREAD}); "
-                if rep["collapsed"] else "")
+        what = (
+            f"embeddings look collapsed (gallery feature spread {spread:.4f} < {COLLAPSED_SPREAD}); "
+            if rep["collapsed"]
+            else ""
+        )
         rep["warning"] = (
             f"{what}{100 * rep['affected_fraction']:.1f}% of queries depend on how tied similarities are ordered "
             f"({100 * rep['tied_top1_fraction']:.1f}% have a tied best match): standard vs pessimistic "
-            + ", ".join(f"{k} {100 * metrics['standard'][k]:.2f}% vs {100 * metrics['pessimistic'][k]:.2f}%"
-                        for k in metrics["standard"])
+            + ", ".join(
+                f"{k} {100 * metrics['standard'][k]:.2f}% vs {100 * metrics['pessimistic'][k]:.2f}%"
+                for k in metrics["standard"]
+            )
             + ". The standard numbers rank ties by gallery order; do not report them as a trained result "
-              "(tie_rule='pessimistic' / --tie-rule pessimistic gives the worst-case ranking).")
+            "(tie_rule='pessimistic' / --tie-rule pessimistic gives the worst-case ranking)."
+        )
         logger.warning("[search] WARNING: " + rep["warning"])
     return rep
 
@@ -537,7 +552,7 @@ def score_query(
     # gallery but in neither has no detections (id -1)
     table = DetectionTable.build(gallery, list(protocol.gallery), det_thresh, dim)
     qf = np.asarray(query_feats, dtype=np.float32)
-    q = _check_query_feats(qf[query_index:query_index + 1], 1, dim)
+    q = _check_query_feats(qf[query_index : query_index + 1], 1, dim)
     planner = _GalleryPlanner(protocol, table)
     r = _score(table, planner.plan(protocol.queries[query_index]), (q @ table.feats.T)[0], ranked=True)
     return r, table

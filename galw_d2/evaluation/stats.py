@@ -11,6 +11,7 @@
   groups across seeds. Written here (a contingency table and binomial sums) rather than pulling
   scikit-learn in for one function.
 """
+
 from math import comb
 from typing import Dict, Sequence
 
@@ -40,8 +41,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, num_boot: int = 2000, seed: 
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.size == 0:
-        raise ValueError(f"paired_difference: a and b must be equal non-empty (seeds, queries) arrays, "
-                         f"got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired_difference: a and b must be equal non-empty (seeds, queries) arrays, got {a.shape} and {b.shape}"
+        )
     d = a - b
     s, q = d.shape
     per_seed = d.mean(axis=1)
@@ -57,9 +59,15 @@ def paired_difference(a: np.ndarray, b: np.ndarray, num_boot: int = 2000, seed: 
         ci_t = [float(per_seed.mean() - half), float(per_seed.mean() + half)]
     else:
         ci_t = [float("nan"), float("nan")]
-    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "ci95_t": ci_t,
-            "per_seed": [float(x) for x in per_seed], "num_seeds": int(s), "num_queries": int(q),
-            "num_boot": int(num_boot)}
+    return {
+        "mean": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "ci95_t": ci_t,
+        "per_seed": [float(x) for x in per_seed],
+        "num_seeds": int(s),
+        "num_queries": int(q),
+        "num_boot": int(num_boot),
+    }
 
 
 def groups_to_labels(groups: Sequence[Sequence[str]], tasks: Sequence[str]) -> np.ndarray:

@@ -7,6 +7,7 @@
 - :mod:`.workflow` the two-phase workflow (phase 1 records, grouping, phase 2 config).
 The trainer is :class:`galw_d2.engine.GALWTrainer`. User guide: docs/galw.md.
 """
+
 from .grouping import group_tasks, load_trends
 from .recorder import GradientTrendRecorder
 from .weighting import FixedWeighting, UncertaintyWeighting

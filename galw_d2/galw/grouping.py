@@ -36,6 +36,7 @@ branch), ``semantic`` (detection-cls / box-regression / re-id / other), ``random
 near-equal groups), ``manual`` ("a,b;c" with loss names or t-indices, or a :data:`GROUP_PRESETS` name:
 the paper's Table 4 and Table 5 rows). A new strategy is one class with ``@GROUPING_REGISTRY.register``.
 """
+
 import json
 import math
 import re
@@ -104,14 +105,19 @@ def validate_trends(data, source: str = "trends") -> dict:
     and ``probe_counts`` (optional) that do not match the curves.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a JSON object with tasks, gradient_magnitude, settings; "
-                         f"got {type(data).__name__}")
+        raise ValueError(
+            f"{source}: expected a JSON object with tasks, gradient_magnitude, settings; got {type(data).__name__}"
+        )
     for key in ("tasks", "gradient_magnitude"):
         if key not in data:
             raise ValueError(f"{source}: missing field '{key}' (expected tasks, gradient_magnitude, settings)")
     tasks = data["tasks"]
-    if (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)
-            or len(set(tasks)) != len(tasks)):
+    if (
+        not isinstance(tasks, list)
+        or not tasks
+        or not all(isinstance(t, str) for t in tasks)
+        or len(set(tasks)) != len(tasks)
+    ):
         raise ValueError(f"{source}: 'tasks' must be a non-empty list of unique names, got {tasks!r}")
     gm = data["gradient_magnitude"]
     if not isinstance(gm, dict):
@@ -127,8 +133,10 @@ def validate_trends(data, source: str = "trends") -> dict:
     lengths = {t: len(gm[t]) for t in tasks}
     if len(set(lengths.values())) > 1:
         desc = ", ".join(f"{t!r} {n}" + (" epochs" if i == 0 else "") for i, (t, n) in enumerate(lengths.items()))
-        raise ValueError(f"{source}: ragged trends, curves of different lengths: {desc} (the recorder probes every "
-                         f"task at the same iterations; null marks an epoch without a probe)")
+        raise ValueError(
+            f"{source}: ragged trends, curves of different lengths: {desc} (the recorder probes every "
+            f"task at the same iterations; null marks an epoch without a probe)"
+        )
     pc = data.get("probe_counts")
     if pc is None:
         return data
@@ -144,8 +152,9 @@ def validate_trends(data, source: str = "trends") -> dict:
             raise ValueError(f"{source}: probe_counts of task '{t}' has {n} epochs but its curve has {len(curve)}")
         for e, (c, v) in enumerate(zip(counts, curve)):
             if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-                raise ValueError(f"{source}: probe_counts of task '{t}' at epoch {e} is {c!r}; "
-                                 f"expected an integer >= 0")
+                raise ValueError(
+                    f"{source}: probe_counts of task '{t}' at epoch {e} is {c!r}; expected an integer >= 0"
+                )
             if c == 0 and v is not None:
                 raise ValueError(f"{source}: task '{t}' at epoch {e} has a gradient magnitude ({v}) but 0 probes")
             if c > 0 and v is None:
@@ -156,26 +165,34 @@ def validate_trends(data, source: str = "trends") -> dict:
 def _check_values(name: str, values) -> None:
     """Per-value checks of one task's curve: a list of finite numbers >= 0 or null, not 0 throughout."""
     if not isinstance(values, (list, tuple)):
-        raise ValueError(f"curve of task '{name}' must be a list of per-epoch values (null = no probe), "
-                         f"got {type(values).__name__} {values!r:.40}")
+        raise ValueError(
+            f"curve of task '{name}' must be a list of per-epoch values (null = no probe), "
+            f"got {type(values).__name__} {values!r:.40}"
+        )
     seen = []
     for i, x in enumerate(values):
         if x is None:
             continue
         # JSON strings ("0.4") and booleans are not magnitudes: float() would accept them silently
         if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x!r} ({type(x).__name__}); "
-                             f"expected a number or null")
+            raise ValueError(
+                f"gradient magnitude of task '{name}' at epoch {i} is {x!r} ({type(x).__name__}); "
+                f"expected a number or null"
+            )
         x = float(x)
         if not math.isfinite(x):
             raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x}; expected a finite number")
         if x < 0:
-            raise ValueError(f"gradient magnitude of task '{name}' at epoch {i} is {x}; a gradient magnitude "
-                             f"(mean of L2 norms, Eq. 6) is >= 0")
+            raise ValueError(
+                f"gradient magnitude of task '{name}' at epoch {i} is {x}; a gradient magnitude "
+                f"(mean of L2 norms, Eq. 6) is >= 0"
+            )
         seen.append(x)
     if seen and not any(seen):
-        raise ValueError(f"gradient magnitude of task '{name}' is 0 at every epoch with a probe: its loss never "
-                         f"reached the shared parameters (GALW.RECORD.SHARED_PARAMS), so its slope means nothing")
+        raise ValueError(
+            f"gradient magnitude of task '{name}' is 0 at every epoch with a probe: its loss never "
+            f"reached the shared parameters (GALW.RECORD.SHARED_PARAMS), so its slope means nothing"
+        )
 
 
 def _curve(name: str, values: Sequence) -> (np.ndarray, np.ndarray):
@@ -264,8 +281,11 @@ def cluster_slopes(values: Mapping[str, float], num_groups: int, linkage: str = 
     out = canonical_groups(list(groups.values()), names)
     report["found"] = len(out)
     if len(out) < g and distinct > 1:
-        why = (f"only {distinct} distinct transformed slopes" if distinct < g
-               else "tied merge heights in the dendrogram (fcluster maxclust returns at most G clusters)")
+        why = (
+            f"only {distinct} distinct transformed slopes"
+            if distinct < g
+            else "tied merge heights in the dendrogram (fcluster maxclust returns at most G clusters)"
+        )
         report["notes"].append(f"found {len(out)} groups instead of {g}: {why}")
     return out, report
 
@@ -419,8 +439,10 @@ class ManualGrouping(GroupingStrategy):
 
     def __call__(self, trends: dict, num_groups: int):
         if not self.manual:
-            raise ValueError("strategy 'manual' needs the groups, e.g. --manual 'loss_a,loss_b;loss_c' or a preset "
-                             f"name ({sorted(GROUP_PRESETS)})")
+            raise ValueError(
+                "strategy 'manual' needs the groups, e.g. --manual 'loss_a,loss_b;loss_c' or a preset "
+                f"name ({sorted(GROUP_PRESETS)})"
+            )
         spec = GROUP_PRESETS.get(self.manual, self.manual)
         return parse_manual_groups(spec, list(trends["tasks"])), {"notes": []}
 
@@ -442,8 +464,16 @@ def group_tasks_from_cfg(trends: dict, cfg) -> dict:
     """:func:`group_tasks` with every setting from ``cfg.GALW.GROUPING`` (the offline workflow and
     online regrouping both call this one function)."""
     g = cfg.GALW.GROUPING
-    return group_tasks(trends, int(g.NUM_GROUPS), strategy=build_grouping(cfg), slope=g.SLOPE, log_base=g.LOG_BASE,
-                       linkage=g.LINKAGE, seed=g.SEED, manual=g.MANUAL or None)
+    return group_tasks(
+        trends,
+        int(g.NUM_GROUPS),
+        strategy=build_grouping(cfg),
+        slope=g.SLOPE,
+        log_base=g.LOG_BASE,
+        linkage=g.LINKAGE,
+        seed=g.SEED,
+        manual=g.MANUAL or None,
+    )
 
 
 def group_tasks(
@@ -475,8 +505,11 @@ def group_tasks(
         name = str(strategy).lower()
         if name not in GROUPING_REGISTRY:
             raise ValueError(f"grouping strategy '{strategy}': expected one of {GROUPING_REGISTRY.names()}")
-        kw = {"slope": {"slope": slope, "log_base": log_base, "linkage": linkage}, "random": {"seed": seed},
-              "manual": {"manual": manual}}.get(name, {})
+        kw = {
+            "slope": {"slope": slope, "log_base": log_base, "linkage": linkage},
+            "random": {"seed": seed},
+            "manual": {"manual": manual},
+        }.get(name, {})
         fn = GROUPING_REGISTRY.get(name)(**kw)
     tasks = list(trends["tasks"])
     report = {"requested": int(num_groups), "found": None, "notes": []}

@@ -1,5 +1,6 @@
 """Figures of the grouping step: per-task gradient-magnitude curves (the paper's Fig. 3) and the
 dendrogram of the transformed slopes. matplotlib (Agg) + scipy only."""
+
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -60,14 +61,16 @@ def plot_dendrogram(transformed: Mapping[str, float], path: str, linkage: str = 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.cluster.hierarchy import dendrogram, linkage as _linkage
+    from scipy.cluster.hierarchy import dendrogram
+    from scipy.cluster.hierarchy import linkage as _linkage
 
     names = list(transformed)
     x = np.asarray([transformed[n] for n in names], dtype=np.float64).reshape(-1, 1)
     z = _linkage(x, method=linkage)
     fig, ax = plt.subplots(figsize=(7, 4))
-    dendrogram(z, labels=[f"{_short(n)} ({transformed[n]:+.3f})" for n in names], ax=ax, leaf_rotation=70,
-               leaf_font_size=7)
+    dendrogram(
+        z, labels=[f"{_short(n)} ({transformed[n]:+.3f})" for n in names], ax=ax, leaf_rotation=70, leaf_font_size=7
+    )
     ax.set_ylabel(f"{linkage} linkage distance of s*")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

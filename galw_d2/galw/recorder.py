@@ -23,6 +23,7 @@ across resume; :meth:`trends` returns the trends file content::
      "settings": {"period", "epoch_iters", "num_shared_params", "shared_params" (names),
                   "world_size", ... plus what the caller adds}}
 """
+
 import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -33,9 +34,7 @@ import torch.distributed as dist
 __all__ = ["GradientTrendRecorder", "task_gradient_magnitudes"]
 
 
-def task_gradient_magnitudes(
-    losses: Mapping[str, torch.Tensor], params: Sequence[torch.Tensor]
-) -> Dict[str, float]:
+def task_gradient_magnitudes(losses: Mapping[str, torch.Tensor], params: Sequence[torch.Tensor]) -> Dict[str, float]:
     """Gamma (Eq. 6) of every loss over ``params``, without touching ``.grad``; keeps the graph."""
     out = {}
     params = list(params)
@@ -59,8 +58,13 @@ class GradientTrendRecorder:
         tasks: task order of the trends file; ``None`` = the loss dict's order at the first probe.
     """
 
-    def __init__(self, shared: Sequence[Tuple[str, torch.Tensor]], period: int, epoch_iters: int,
-                 tasks: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        shared: Sequence[Tuple[str, torch.Tensor]],
+        period: int,
+        epoch_iters: int,
+        tasks: Optional[Sequence[str]] = None,
+    ):
         shared = list(shared)
         if not shared:
             raise ValueError("GradientTrendRecorder: no shared parameters (check GALW.RECORD.SHARED_PARAMS)")
@@ -139,12 +143,22 @@ class GradientTrendRecorder:
 
     def trends(self, settings: Optional[dict] = None, max_epoch: Optional[int] = None) -> dict:
         ws = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        st = {"period": self.period, "epoch_iters": self.epoch_iters, "num_shared_params": len(self.params),
-              "shared_params": self.shared_names, "world_size": ws, "gamma": "mean over M of L2 norms (Eq. 6)"}
+        st = {
+            "period": self.period,
+            "epoch_iters": self.epoch_iters,
+            "num_shared_params": len(self.params),
+            "shared_params": self.shared_names,
+            "world_size": ws,
+            "gamma": "mean over M of L2 norms (Eq. 6)",
+        }
         st.update(settings or {})
         counts = {t: list(self.counts[t][: (max_epoch or len(self.counts[t]))]) for t in self.tasks}
-        return {"tasks": list(self.tasks), "gradient_magnitude": self.gradient_magnitude(max_epoch),
-                "probe_counts": counts, "settings": st}
+        return {
+            "tasks": list(self.tasks),
+            "gradient_magnitude": self.gradient_magnitude(max_epoch),
+            "probe_counts": counts,
+            "settings": st,
+        }
 
     def write(self, path: str, settings: Optional[dict] = None) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -155,17 +169,26 @@ class GradientTrendRecorder:
         return path
 
     def state_dict(self) -> dict:
-        return {"tasks": list(self.tasks), "sums": {t: list(v) for t, v in self.sums.items()},
-                "counts": {t: list(v) for t, v in self.counts.items()}, "period": self.period,
-                "epoch_iters": self.epoch_iters, "last_probe_iter": self.last_probe_iter,
-                "shared_params": list(self.shared_names)}
+        return {
+            "tasks": list(self.tasks),
+            "sums": {t: list(v) for t, v in self.sums.items()},
+            "counts": {t: list(v) for t, v in self.counts.items()},
+            "period": self.period,
+            "epoch_iters": self.epoch_iters,
+            "last_probe_iter": self.last_probe_iter,
+            "shared_params": list(self.shared_names),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("shared_params") and list(state["shared_params"]) != self.shared_names:
-            raise ValueError("GradientTrendRecorder: the checkpoint's shared parameters differ from this model's "
-                             f"({len(state['shared_params'])} vs {len(self.shared_names)} tensors)")
+            raise ValueError(
+                "GradientTrendRecorder: the checkpoint's shared parameters differ from this model's "
+                f"({len(state['shared_params'])} vs {len(self.shared_names)} tensors)"
+            )
         if int(state["epoch_iters"]) != self.epoch_iters:
-            raise ValueError(f"GradientTrendRecorder: checkpoint epoch_iters {state['epoch_iters']} != {self.epoch_iters}")
+            raise ValueError(
+                f"GradientTrendRecorder: checkpoint epoch_iters {state['epoch_iters']} != {self.epoch_iters}"
+            )
         self.tasks = list(state["tasks"])
         self.sums = {t: [float(x) for x in v] for t, v in state["sums"].items()}
         self.counts = {t: [int(x) for x in v] for t, v in state["counts"].items()}

@@ -20,6 +20,7 @@ an unset seed (``SEED < 0``) by a drawn one that both phases then share, and
 This module never imports the engine: the trainer class is passed in (``trainer_cls``: any
 ``GALWTrainer`` subclass), keeping the layers acyclic.
 """
+
 import hashlib
 import json
 import os
@@ -32,9 +33,22 @@ from detectron2.utils.env import seed_all_rng
 
 from .grouping import GROUPING_REGISTRY, group_tasks, group_tasks_from_cfg, load_trends
 
-__all__ = ["PhaseResult", "TwoPhase", "resolve_seed", "training_cfg", "phase1_cfg", "phase2_cfg", "phase2_yaml", "run_training",
-           "run_phase1", "make_groups", "make_groups_from_cfg", "write_grouping", "initial_state_digest",
-           "GROUPED_STRATEGIES"]
+__all__ = [
+    "PhaseResult",
+    "TwoPhase",
+    "resolve_seed",
+    "training_cfg",
+    "phase1_cfg",
+    "phase2_cfg",
+    "phase2_yaml",
+    "run_training",
+    "run_phase1",
+    "make_groups",
+    "make_groups_from_cfg",
+    "write_grouping",
+    "initial_state_digest",
+    "GROUPED_STRATEGIES",
+]
 
 # Weighting strategies that take GALW.GROUPS (phase 2 of the workflow).
 GROUPED_STRATEGIES = ("galw", "ulwf_grouped")
@@ -51,14 +65,21 @@ def resolve_seed(cfg):
     return c
 
 
-def training_cfg(cfg, strategy: str, groups: Optional[Sequence[Sequence[str]]] = None, record: bool = False,
-                 output_dir: Optional[str] = None):
+def training_cfg(
+    cfg,
+    strategy: str,
+    groups: Optional[Sequence[Sequence[str]]] = None,
+    record: bool = False,
+    output_dir: Optional[str] = None,
+):
     """A copy of ``cfg`` (seed resolved) that trains with weighting ``strategy``: ``groups`` for the
     grouped strategies (:data:`GROUPED_STRATEGIES`, required there and refused elsewhere), gradient
     recording on or off, online regrouping off, optional ``OUTPUT_DIR``."""
     if (strategy in GROUPED_STRATEGIES) != (groups is not None):
-        raise ValueError(f"strategy '{strategy}': groups are " +
-                         ("required" if strategy in GROUPED_STRATEGIES else "only for " + str(GROUPED_STRATEGIES)))
+        raise ValueError(
+            f"strategy '{strategy}': groups are "
+            + ("required" if strategy in GROUPED_STRATEGIES else "only for " + str(GROUPED_STRATEGIES))
+        )
     c = resolve_seed(cfg)
     c.defrost()
     c.GALW.STRATEGY = strategy
@@ -133,13 +154,15 @@ def run_phase1(cfg, trainer_cls, resume: bool = False) -> str:
 
 def phase2_yaml(groups: Sequence[Sequence[str]], source: str = "", strategy: str = "galw") -> str:
     """A config fragment that turns on grouped weighting with ``groups`` (merges after the model YAML)."""
-    lines = [f"# Phase-2 GALW groups{(' from ' + source) if source else ''} (written by galw_d2.galw.workflow).",
-             "# Merge after the model config: cfg.merge_from_file(<model yaml>); cfg.merge_from_file(<this>).",
-             "GALW:",
-             "  # grouped RULWF (Eq. 9): one learned sigma per group",
-             f'  STRATEGY: "{strategy}"',
-             "  # one list of loss names per group",
-             "  GROUPS:"]
+    lines = [
+        f"# Phase-2 GALW groups{(' from ' + source) if source else ''} (written by galw_d2.galw.workflow).",
+        "# Merge after the model config: cfg.merge_from_file(<model yaml>); cfg.merge_from_file(<this>).",
+        "GALW:",
+        "  # grouped RULWF (Eq. 9): one learned sigma per group",
+        f'  STRATEGY: "{strategy}"',
+        "  # one list of loss names per group",
+        "  GROUPS:",
+    ]
     for g in groups:
         lines.append("    - [" + ", ".join(json.dumps(t) for t in g) + "]")
     return "\n".join(lines) + "\n"
@@ -151,10 +174,12 @@ def write_grouping(result: dict, trends: dict, output_dir: str, source: str = ""
     ``plots=False`` skips the two PNGs (their paths are then None).
     """
     os.makedirs(output_dir, exist_ok=True)
-    paths = {"groups": os.path.join(output_dir, "groups.json"),
-             "config": os.path.join(output_dir, "galw_phase2.yaml"),
-             "trends_plot": os.path.join(output_dir, "gradient_trends.png"),
-             "dendrogram": os.path.join(output_dir, "dendrogram.png")}
+    paths = {
+        "groups": os.path.join(output_dir, "groups.json"),
+        "config": os.path.join(output_dir, "galw_phase2.yaml"),
+        "trends_plot": os.path.join(output_dir, "gradient_trends.png"),
+        "dendrogram": os.path.join(output_dir, "dendrogram.png"),
+    }
     res = dict(result)
     res["source"] = source
     res["trends_settings"] = trends.get("settings", {})
@@ -168,19 +193,31 @@ def write_grouping(result: dict, trends: dict, output_dir: str, source: str = ""
     from .plots import plot_dendrogram, plot_trends  # matplotlib: only when figures are asked for
 
     plot_trends(trends, paths["trends_plot"], result["groups"])
-    if not result.get("transformed") or \
-            plot_dendrogram(result["transformed"], paths["dendrogram"], result["settings"]["linkage"]) is None:
+    if (
+        not result.get("transformed")
+        or plot_dendrogram(result["transformed"], paths["dendrogram"], result["settings"]["linkage"]) is None
+    ):
         paths["dendrogram"] = None
     return paths
 
 
-def make_groups(trends_path: str, num_groups: int, output_dir: str, strategy: str = "slope",
-                slope: str = "mean_diff", log_base: float = 10.0, linkage: str = "average", seed: int = 0,
-                manual: Optional[str] = None, plots: bool = True) -> dict:
+def make_groups(
+    trends_path: str,
+    num_groups: int,
+    output_dir: str,
+    strategy: str = "slope",
+    slope: str = "mean_diff",
+    log_base: float = 10.0,
+    linkage: str = "average",
+    seed: int = 0,
+    manual: Optional[str] = None,
+    plots: bool = True,
+) -> dict:
     """Group from a trends file and write every output; returns the groups.json dict plus ``paths``."""
     trends = load_trends(trends_path)
-    res = group_tasks(trends, num_groups, strategy=strategy, slope=slope, log_base=log_base, linkage=linkage,
-                      seed=seed, manual=manual)
+    res = group_tasks(
+        trends, num_groups, strategy=strategy, slope=slope, log_base=log_base, linkage=linkage, seed=seed, manual=manual
+    )
     res["paths"] = write_grouping(res, trends, output_dir, source=trends_path, plots=plots)
     return res
 

@@ -9,15 +9,14 @@ ignored), averaged over the levels (deep supervision). Background RoIs, RoIs of 
 ``gt_attributes`` and RoIs whose GT has no label are excluded; without any valid RoI the loss is a
 graph-connected 0. At test time :meth:`AttributeBranch.predict` gives probabilities, max over levels.
 """
-from typing import Dict, List, Optional
+
+from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.ops import roi_align
-
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
+from torch import nn
+from torchvision.ops import roi_align
 
 from galw_d2.attributes.alm import MultiLevelALM, combine_levels
 from galw_d2.attributes.losses import multi_level_bce, positive_ratio
@@ -46,22 +45,36 @@ def resolve_num_attributes(cfg) -> int:
 
             names = load_synthps_attributes(meta.root)[0]
     if not names:
-        raise ValueError(f"MODEL.ATTRIBUTES.NUM_ATTRIBUTES = 0 but MetadataCatalog.get({name!r}) has no "
-                         "'attribute_names'; set NUM_ATTRIBUTES or train on a dataset with pseudo-labels "
-                         "(galw_d2.attributes.pseudo_labels.register_pseudo_labeled_dataset)")
+        raise ValueError(
+            f"MODEL.ATTRIBUTES.NUM_ATTRIBUTES = 0 but MetadataCatalog.get({name!r}) has no "
+            "'attribute_names'; set NUM_ATTRIBUTES or train on a dataset with pseudo-labels "
+            "(galw_d2.attributes.pseudo_labels.register_pseudo_labeled_dataset)"
+        )
     return len(names)
 
 
 class AttributeBranch(nn.Module):
-    def __init__(self, input_shape: Dict[str, ShapeSpec], in_features: List[str], num_attributes: int,
-                 pooler_resolution: int = 32, sampling_ratio: int = 2, channels: int = 64, sample_size: int = 8,
-                 se_reduction: int = 16, max_per_image: int = 64, loss_weighting: str = "none"):
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        in_features: List[str],
+        num_attributes: int,
+        pooler_resolution: int = 32,
+        sampling_ratio: int = 2,
+        channels: int = 64,
+        sample_size: int = 8,
+        se_reduction: int = 16,
+        max_per_image: int = 64,
+        loss_weighting: str = "none",
+    ):
         super().__init__()
         missing = [f for f in in_features if f not in input_shape]
         if missing or not in_features:
-            raise ValueError(f"MODEL.ATTRIBUTES.IN_FEATURES={list(in_features)}: {missing or 'empty'} not among the "
-                             f"backbone outputs {sorted(input_shape)} (set MODEL.ATTRIBUTES.IN_FEATURES or "
-                             "MODEL.RESNETS.OUT_FEATURES)")
+            raise ValueError(
+                f"MODEL.ATTRIBUTES.IN_FEATURES={list(in_features)}: {missing or 'empty'} not among the "
+                f"backbone outputs {sorted(input_shape)} (set MODEL.ATTRIBUTES.IN_FEATURES or "
+                "MODEL.RESNETS.OUT_FEATURES)"
+            )
         if loss_weighting not in ("none", "alm"):
             raise ValueError(f"MODEL.ATTRIBUTES.LOSS_WEIGHTING must be 'none' or 'alm', got {loss_weighting!r}")
         self.in_features = list(in_features)
@@ -71,16 +84,23 @@ class AttributeBranch(nn.Module):
         self.max_per_image = int(max_per_image)
         self.loss_weighting = loss_weighting
         self.num_attributes = int(num_attributes)
-        self.reduce = nn.ModuleList([nn.Sequential(nn.Conv2d(input_shape[f].channels, channels, 1), nn.ReLU(inplace=True))
-                                     for f in in_features])
+        self.reduce = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(input_shape[f].channels, channels, 1), nn.ReLU(inplace=True)) for f in in_features]
+        )
         self.alm = MultiLevelALM([channels] * len(in_features), num_attributes, se_reduction, sample_size)
 
     def level_logits(self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor]) -> List[torch.Tensor]:
         """Per-level logits (R, A) of the boxes (network-input XYXY, one tensor per image)."""
         out = []
         for f, s, red in zip(self.in_features, self.scales, self.reduce):
-            x = roi_align(features[f], [b.to(features[f].dtype) for b in boxes], self.resolution, spatial_scale=s,
-                          sampling_ratio=self.sampling_ratio, aligned=True)
+            x = roi_align(
+                features[f],
+                [b.to(features[f].dtype) for b in boxes],
+                self.resolution,
+                spatial_scale=s,
+                sampling_ratio=self.sampling_ratio,
+                aligned=True,
+            )
             out.append(red(x))
         return self.alm(out)
 
@@ -110,8 +130,10 @@ class AttributeBranch(nn.Module):
             any_attr = True
             t = p.gt_attributes.to(torch.float32)
             if t.dim() != 2 or t.shape[1] != self.num_attributes:
-                raise ValueError(f"attribute branch: gt_attributes has shape {tuple(t.shape)}, expected (R, "
-                                 f"{self.num_attributes}) (MODEL.ATTRIBUTES.NUM_ATTRIBUTES)")
+                raise ValueError(
+                    f"attribute branch: gt_attributes has shape {tuple(t.shape)}, expected (R, "
+                    f"{self.num_attributes}) (MODEL.ATTRIBUTES.NUM_ATTRIBUTES)"
+                )
             keep = fg & (t >= 0).any(dim=1)  # foreground, matched GT has at least one label
             idx = keep.nonzero().flatten()
             if self.training and self.max_per_image > 0 and len(idx) > self.max_per_image:
@@ -119,9 +141,11 @@ class AttributeBranch(nn.Module):
             boxes.append(p.proposal_boxes.tensor[idx])
             targets.append(t[idx])
         if any_fg and not any_attr:
-            raise ValueError("MODEL.ATTRIBUTES.ENABLED but no training image has gt_attributes: train on a dataset "
-                             "with attribute labels (SynthPS) or pseudo-labels "
-                             "(galw_d2.attributes.pseudo_labels.register_pseudo_labeled_dataset)")
+            raise ValueError(
+                "MODEL.ATTRIBUTES.ENABLED but no training image has gt_attributes: train on a dataset "
+                "with attribute labels (SynthPS) or pseudo-labels "
+                "(galw_d2.attributes.pseudo_labels.register_pseudo_labeled_dataset)"
+            )
         if sum(len(b) for b in boxes) == 0:
             return {"loss_attr": self._zero(features)}
         y = torch.cat(targets)
@@ -132,6 +156,15 @@ class AttributeBranch(nn.Module):
 
 def build_attribute_branch(cfg, input_shape: Dict[str, ShapeSpec]) -> AttributeBranch:
     a = cfg.MODEL.ATTRIBUTES
-    return AttributeBranch(input_shape, list(a.IN_FEATURES), resolve_num_attributes(cfg), a.POOLER_RESOLUTION,
-                           a.POOLER_SAMPLING_RATIO, a.CHANNELS, a.SAMPLE_SIZE, a.SE_REDUCTION,
-                           a.MAX_PROPOSALS_PER_IMAGE, a.LOSS_WEIGHTING)
+    return AttributeBranch(
+        input_shape,
+        list(a.IN_FEATURES),
+        resolve_num_attributes(cfg),
+        a.POOLER_RESOLUTION,
+        a.POOLER_SAMPLING_RATIO,
+        a.CHANNELS,
+        a.SAMPLE_SIZE,
+        a.SE_REDUCTION,
+        a.MAX_PROPOSALS_PER_IMAGE,
+        a.LOSS_WEIGHTING,
+    )

@@ -6,6 +6,7 @@ keys (``MODEL.PERSON_SEARCH.RESNET_WIDTHS`` / ``RESNET_BLOCKS``); with both empt
 detectron2's ResNet of ``MODEL.RESNETS.DEPTH`` (same module names ``stem``, ``res2`` .. ``res5``, so
 detectron2 / ImageNet checkpoints load unchanged).
 """
+
 from typing import List, Tuple
 
 from detectron2.layers import ShapeSpec
@@ -27,18 +28,25 @@ def resnet_stage_specs(cfg) -> Tuple[List[int], List[int], bool]:
     basic = depth in (18, 34)
     widths = [int(w) for w in cfg.MODEL.PERSON_SEARCH.RESNET_WIDTHS]
     if not widths:
-        widths = [r.RES2_OUT_CHANNELS * 2 ** i for i in range(4)]
+        widths = [r.RES2_OUT_CHANNELS * 2**i for i in range(4)]
     blocks = [int(b) for b in cfg.MODEL.PERSON_SEARCH.RESNET_BLOCKS] or list(_DEFAULT_BLOCKS[depth])
     if len(widths) != 4 or len(blocks) != 4 or min(widths) <= 0 or min(blocks) <= 0:
-        raise ValueError(f"MODEL.PERSON_SEARCH.RESNET_WIDTHS={widths} / RESNET_BLOCKS={blocks}: expected 4 "
-                         "positive values each (res2..res5) or [] for the detectron2 defaults")
+        raise ValueError(
+            f"MODEL.PERSON_SEARCH.RESNET_WIDTHS={widths} / RESNET_BLOCKS={blocks}: expected 4 "
+            "positive values each (res2..res5) or [] for the detectron2 defaults"
+        )
     return widths, blocks, basic
 
 
 def _make_stage(cfg, stage: int, in_channels: int, out_channels: int, num_blocks: int, first_stride: int):
     r = cfg.MODEL.RESNETS
-    kw = dict(num_blocks=num_blocks, stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-              in_channels=in_channels, out_channels=out_channels, norm=r.NORM)
+    kw = dict(
+        num_blocks=num_blocks,
+        stride_per_block=[first_stride] + [1] * (num_blocks - 1),
+        in_channels=in_channels,
+        out_channels=out_channels,
+        norm=r.NORM,
+    )
     _, _, basic = resnet_stage_specs(cfg)
     if basic:
         kw["block_class"] = BasicBlock
@@ -47,8 +55,12 @@ def _make_stage(cfg, stage: int, in_channels: int, out_channels: int, num_blocks
         # with the output width when RESNET_WIDTHS narrows the net (bottleneck = out / 4 by default).
         default_out = r.RES2_OUT_CHANNELS * 2 ** (stage - 2)
         bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP * 2 ** (stage - 2) * out_channels // default_out
-        kw.update(block_class=BottleneckBlock, bottleneck_channels=max(bottleneck, 1), num_groups=r.NUM_GROUPS,
-                  stride_in_1x1=r.STRIDE_IN_1X1)
+        kw.update(
+            block_class=BottleneckBlock,
+            bottleneck_channels=max(bottleneck, 1),
+            num_groups=r.NUM_GROUPS,
+            stride_in_1x1=r.STRIDE_IN_1X1,
+        )
     return ResNet.make_stage(**kw)
 
 
@@ -61,8 +73,10 @@ def build_person_search_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     """
     r = cfg.MODEL.RESNETS
     if any(r.DEFORM_ON_PER_STAGE) or r.RES5_DILATION != 1:
-        raise ValueError("build_person_search_resnet_backbone: MODEL.RESNETS.DEFORM_ON_PER_STAGE and "
-                         "RES5_DILATION are not supported (use all False / 1)")
+        raise ValueError(
+            "build_person_search_resnet_backbone: MODEL.RESNETS.DEFORM_ON_PER_STAGE and "
+            "RES5_DILATION are not supported (use all False / 1)"
+        )
     widths, blocks, _ = resnet_stage_specs(cfg)
     stem = BasicStem(in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
     stages, in_ch = [], r.STEM_OUT_CHANNELS

@@ -8,6 +8,7 @@ paper's L_ori_i): weighting, fixed or learned, is the loss-weighting method's jo
 (galw_d2.galw.weighting). Subclasses only say how the branches produce raw losses,
 detections and box embeddings. Contract: docs/DESIGN.md (Models).
 """
+
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -34,13 +35,17 @@ def resolve_num_pids(cfg):
     if int(cfg.MODEL.PERSON_SEARCH.NUM_PIDS) > 0:
         return cfg
     if not cfg.DATASETS.TRAIN:
-        raise ValueError("MODEL.PERSON_SEARCH.NUM_PIDS = 0 needs DATASETS.TRAIN to read num_train_pids from; "
-                         "set NUM_PIDS (CUHK-SYSU 5532, PRW 483) or DATASETS.TRAIN")
+        raise ValueError(
+            "MODEL.PERSON_SEARCH.NUM_PIDS = 0 needs DATASETS.TRAIN to read num_train_pids from; "
+            "set NUM_PIDS (CUHK-SYSU 5532, PRW 483) or DATASETS.TRAIN"
+        )
     name = cfg.DATASETS.TRAIN[0]
     num = MetadataCatalog.get(name).get("num_train_pids", None)
     if num is None or int(num) <= 0:
-        raise ValueError(f"MODEL.PERSON_SEARCH.NUM_PIDS = 0 but MetadataCatalog.get({name!r}) has no positive "
-                         f"'num_train_pids' (got {num!r}); register the dataset (galw_d2.data) or set NUM_PIDS")
+        raise ValueError(
+            f"MODEL.PERSON_SEARCH.NUM_PIDS = 0 but MetadataCatalog.get({name!r}) has no positive "
+            f"'num_train_pids' (got {num!r}); register the dataset (galw_d2.data) or set NUM_PIDS"
+        )
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.PERSON_SEARCH.NUM_PIDS = int(num)
@@ -52,8 +57,15 @@ class PersonSearchBase(nn.Module):
     :meth:`raw_losses` and :meth:`detect_and_embed`."""
 
     @configurable
-    def __init__(self, *, backbone: nn.Module, pixel_mean, pixel_std,
-                 size_divisibility: int, attribute_branch: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_mean,
+        pixel_std,
+        size_divisibility: int,
+        attribute_branch: Optional[nn.Module] = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
@@ -68,8 +80,10 @@ class PersonSearchBase(nn.Module):
         attribute_branch = None
         if cfg.MODEL.ATTRIBUTES.ENABLED:
             if not uses_rois:
-                raise ValueError(f"MODEL.ATTRIBUTES.ENABLED needs the NAE branch's sampled RoIs; "
-                                 f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE} has none (use ROIAlignPS or NAE)")
+                raise ValueError(
+                    f"MODEL.ATTRIBUTES.ENABLED needs the NAE branch's sampled RoIs; "
+                    f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE} has none (use ROIAlignPS or NAE)"
+                )
             # Imported lazily: the attribute branch is optional and owned by another part of the plugin.
             from .attribute_branch import build_attribute_branch
 
@@ -87,13 +101,15 @@ class PersonSearchBase(nn.Module):
         return self.pixel_mean.device
 
     # ------------------------------------------------------------------ to implement
-    def raw_losses(self, images: ImageList, features, gt_instances: List[Instances]
-                   ) -> Tuple[Dict[str, torch.Tensor], Optional[List[Instances]]]:
+    def raw_losses(
+        self, images: ImageList, features, gt_instances: List[Instances]
+    ) -> Tuple[Dict[str, torch.Tensor], Optional[List[Instances]]]:
         """(unweighted task losses, sampled RoIs of the NAE branch or None)."""
         raise NotImplementedError
 
-    def detect_and_embed(self, images: ImageList, features, embed_boxes: Optional[List[torch.Tensor]]
-                         ) -> Tuple[List[Instances], Optional[List[torch.Tensor]]]:
+    def detect_and_embed(
+        self, images: ImageList, features, embed_boxes: Optional[List[torch.Tensor]]
+    ) -> Tuple[List[Instances], Optional[List[torch.Tensor]]]:
         """Detections per image (network-input coords; pred_boxes, scores, pred_classes, embeddings) and,
         when ``embed_boxes`` (network-input coords, per image (Q_i, 4)) is given, their embeddings."""
         raise NotImplementedError
@@ -120,8 +136,10 @@ class PersonSearchBase(nn.Module):
             for i, x in enumerate(batched_inputs):
                 inst = x.get("instances")
                 if inst is None or not inst.has("gt_boxes") or not inst.has("gt_pids"):
-                    raise ValueError(f"{type(self).__name__}: training input {i} needs 'instances' with gt_boxes and "
-                                     "gt_pids (int64, -1 = unlabeled); see galw_d2.data.PersonSearchDatasetMapper")
+                    raise ValueError(
+                        f"{type(self).__name__}: training input {i} needs 'instances' with gt_boxes and "
+                        "gt_pids (int64, -1 = unlabeled); see galw_d2.data.PersonSearchDatasetMapper"
+                    )
                 gt.append(inst.to(self.device))
             raw, sampled = self.raw_losses(images, features, gt)
             if self.attribute_branch is not None:
@@ -136,8 +154,11 @@ class PersonSearchBase(nn.Module):
         if any(has_q):
             embed_boxes = []
             for x, (h, w), q in zip(batched_inputs, images.image_sizes, has_q):
-                b = torch.as_tensor(x["embed_boxes"], dtype=torch.float32, device=self.device).reshape(-1, 4) if q \
+                b = (
+                    torch.as_tensor(x["embed_boxes"], dtype=torch.float32, device=self.device).reshape(-1, 4)
+                    if q
                     else torch.zeros((0, 4), device=self.device)
+                )
                 oh, ow = x.get("height", h), x.get("width", w)
                 # Original pixels -> network input (the inverse of detector_postprocess's scaling).
                 embed_boxes.append(b * b.new_tensor([w / ow, h / oh, w / ow, h / oh]))
@@ -185,8 +206,9 @@ def _init_head_res5_from_backbone(model, incompatible_keys) -> None:
 def _check_embedding(cfg) -> str:
     choice = str(cfg.MODEL.PERSON_SEARCH.EMBEDDING).lower()
     if choice not in EMBEDDING_CHOICES:
-        raise ValueError(f"MODEL.PERSON_SEARCH.EMBEDDING={cfg.MODEL.PERSON_SEARCH.EMBEDDING!r}: expected one of "
-                         f"{EMBEDDING_CHOICES}")
+        raise ValueError(
+            f"MODEL.PERSON_SEARCH.EMBEDDING={cfg.MODEL.PERSON_SEARCH.EMBEDDING!r}: expected one of {EMBEDDING_CHOICES}"
+        )
     return choice
 
 

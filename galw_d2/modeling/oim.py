@@ -15,6 +15,7 @@ arguments here: a per-sample keep factor of the LUT update (``1 - s_i`` with s_i
 IoU instead of the fixed m, :meth:`OIMMemory.queue_update`) and per-sample loss weights
 (:func:`oim_loss`).
 """
+
 from typing import List, Optional
 
 import torch
@@ -83,12 +84,16 @@ class OIMMemory(nn.Module):
             if keep.shape != pids.shape:
                 raise ValueError(f"queue_update: keep factors of shape {tuple(keep.shape)} for {pids.shape[0]} pids")
             if bool(((keep < 0) | (keep > 1)).any()):
-                raise ValueError(f"queue_update: keep factors must lie in [0, 1], got {keep.min().item()}..{keep.max().item()}")
+                raise ValueError(
+                    f"queue_update: keep factors must lie in [0, 1], got {keep.min().item()}..{keep.max().item()}"
+                )
             keep_f = keep.detach().double().cpu()
         bad = pids >= self.num_pids
         if bool(bad.any()):
-            raise ValueError(f"queue_update: person id {int(pids[bad][0])} >= num_pids={self.num_pids}; "
-                             "MODEL.PERSON_SEARCH.NUM_PIDS must match the training set")
+            raise ValueError(
+                f"queue_update: person id {int(pids[bad][0])} >= num_pids={self.num_pids}; "
+                "MODEL.PERSON_SEARCH.NUM_PIDS must match the training set"
+            )
         sel = (pids >= -1).cpu()
         self._pending.append((feats.detach().float().cpu()[sel], pids.detach().cpu()[sel], keep_f[sel]))
 
@@ -96,7 +101,11 @@ class OIMMemory(nn.Module):
     def apply_pending_updates(self) -> None:
         """Apply the queued updates of every rank, in rank order, then clear the queue."""
         if not self._pending:
-            local = (torch.zeros(0, self.feat_dim), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64))
+            local = (
+                torch.zeros(0, self.feat_dim),
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, dtype=torch.float64),
+            )
         else:
             local = tuple(torch.cat([p[i] for p in self._pending]) for i in range(3))
         self._pending = []
@@ -128,8 +137,14 @@ def all_gather_objects(obj):
     return out
 
 
-def oim_loss(feats: torch.Tensor, pids: torch.Tensor, memory: OIMMemory, scale: float,
-             focal_gamma: float = 0.0, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+def oim_loss(
+    feats: torch.Tensor,
+    pids: torch.Tensor,
+    memory: OIMMemory,
+    scale: float,
+    focal_gamma: float = 0.0,
+    weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """OIM cross-entropy of labeled persons against the memory (optionally focal, AlignPS).
 
     Args:

@@ -21,6 +21,7 @@ collective runs inside forward or backward, which keeps GALW's per-task ``torch.
 probes free of communication. The buffer names equal BatchNorm1d's, so checkpoints of the two are
 interchangeable.
 """
+
 from typing import List, Optional
 
 import torch
@@ -45,7 +46,7 @@ def prototype_groups(pids: torch.Tensor) -> torch.Tensor:
     """
     if pids.dim() != 1:
         raise ValueError(f"prototype_groups: pids must be 1-D, got shape {tuple(pids.shape)}")
-    bad = (pids < BACKGROUND_PID)
+    bad = pids < BACKGROUND_PID
     if bool(bad.any()):
         raise ValueError(f"prototype_groups: pid {int(pids[bad][0])} is not >= 0, -1 (unlabeled) or -2 (background)")
     groups = pids.clone().long()
@@ -65,8 +66,9 @@ def prototype_statistics(x: torch.Tensor, groups: torch.Tensor):
         var (C,): mean over the N samples of (x - mean)^2 (biased, as BatchNorm normalises with).
     """
     if x.dim() != 2 or groups.shape != (x.shape[0],):
-        raise ValueError(f"prototype_statistics: need x (N, C) and groups (N,), got {tuple(x.shape)} and "
-                         f"{tuple(groups.shape)}")
+        raise ValueError(
+            f"prototype_statistics: need x (N, C) and groups (N,), got {tuple(x.shape)} and {tuple(groups.shape)}"
+        )
     uniq, inv = torch.unique(groups, return_inverse=True)
     sums = x.new_zeros(len(uniq), x.shape[1]).index_add_(0, inv, x)
     counts = torch.bincount(inv, minlength=len(uniq)).to(x.dtype).unsqueeze(1)
@@ -90,7 +92,9 @@ class ProtoNorm1d(nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
         super().__init__()
         if num_features <= 0 or not 0.0 < momentum <= 1.0:
-            raise ValueError(f"ProtoNorm1d: need num_features > 0 and 0 < momentum <= 1, got {num_features}, {momentum}")
+            raise ValueError(
+                f"ProtoNorm1d: need num_features > 0 and 0 < momentum <= 1, got {num_features}, {momentum}"
+            )
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
@@ -115,8 +119,10 @@ class ProtoNorm1d(nn.Module):
             raise ValueError(f"ProtoNorm1d: expected (N, {self.num_features}) input, got {tuple(x.shape)}")
         if self.training:
             if groups is None:
-                raise ValueError("ProtoNorm1d: training needs the prototype group of every row (groups=...); "
-                                 "the NAE ROI heads pass prototype_groups(pids)")
+                raise ValueError(
+                    "ProtoNorm1d: training needs the prototype group of every row (groups=...); "
+                    "the NAE ROI heads pass prototype_groups(pids)"
+                )
             if x.shape[0] == 0:
                 return x
             mean, var = prototype_statistics(x, groups.to(x.device))

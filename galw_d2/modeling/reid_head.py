@@ -15,6 +15,7 @@ The public OIMNet++ code uses the IoU in the LUT update only; the loss weighting
 description ("better-aligned proposals contribute more") and can be switched off with
 ``MODEL.NAE.LOIM_WEIGHT_LOSS False`` to match the code.
 """
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,8 +44,9 @@ def loim_scores(ious: torch.Tensor, min_iou: float, eps: float) -> torch.Tensor:
         (N,) scores in [min_iou, 1 - eps].
     """
     if not 0.0 <= min_iou <= 1.0 - eps <= 1.0:
-        raise ValueError(f"LOIM: need 0 <= MODEL.NAE.LOIM_MIN_IOU <= 1 - MODEL.NAE.LOIM_EPS <= 1, got "
-                         f"min_iou={min_iou}, eps={eps}")
+        raise ValueError(
+            f"LOIM: need 0 <= MODEL.NAE.LOIM_MIN_IOU <= 1 - MODEL.NAE.LOIM_EPS <= 1, got min_iou={min_iou}, eps={eps}"
+        )
     return ious.clamp(min=min_iou, max=1.0 - eps)
 
 
@@ -73,9 +75,15 @@ class ReIDHead:
     @classmethod
     def from_config(cls, cfg, name: str, protonorm: bool, loim: bool) -> "ReIDHead":
         nae = cfg.MODEL.NAE
-        head = cls(name=name, protonorm=protonorm, loim=loim, protonorm_momentum=float(nae.PROTONORM_MOMENTUM),
-                   loim_min_iou=float(nae.LOIM_MIN_IOU), loim_eps=float(nae.LOIM_EPS),
-                   loim_weight_loss=bool(nae.LOIM_WEIGHT_LOSS))
+        head = cls(
+            name=name,
+            protonorm=protonorm,
+            loim=loim,
+            protonorm_momentum=float(nae.PROTONORM_MOMENTUM),
+            loim_min_iou=float(nae.LOIM_MIN_IOU),
+            loim_eps=float(nae.LOIM_EPS),
+            loim_weight_loss=bool(nae.LOIM_WEIGHT_LOSS),
+        )
         if loim:
             loim_scores(torch.zeros(0), head.loim_min_iou, head.loim_eps)  # validates the clamp range
         return head
@@ -84,8 +92,9 @@ class ReIDHead:
         """The normalisation after each projector's Linear (dim channels)."""
         return ProtoNorm1d(dim, momentum=self.protonorm_momentum) if self.protonorm else nn.BatchNorm1d(dim)
 
-    def loss_and_queue(self, emb: torch.Tensor, pids: torch.Tensor, ious: Optional[torch.Tensor],
-                       memory: OIMMemory, scale: float) -> torch.Tensor:
+    def loss_and_queue(
+        self, emb: torch.Tensor, pids: torch.Tensor, ious: Optional[torch.Tensor], memory: OIMMemory, scale: float
+    ) -> torch.Tensor:
         """The t5 loss of the positive RoIs, and their (deferred) table/queue update.
 
         Args:
@@ -102,8 +111,10 @@ class ReIDHead:
             memory.queue_update(emb.detach(), pids)
             return loss
         if ious is None or ious.shape != pids.shape:
-            raise ValueError(f"ReIDHead {self.name!r}: LOIM needs the IoU of every positive RoI, got "
-                             f"{None if ious is None else tuple(ious.shape)} for {pids.shape[0]} RoIs")
+            raise ValueError(
+                f"ReIDHead {self.name!r}: LOIM needs the IoU of every positive RoI, got "
+                f"{None if ious is None else tuple(ious.shape)} for {pids.shape[0]} RoIs"
+            )
         s = loim_scores(ious.detach().to(emb.dtype), self.loim_min_iou, self.loim_eps)
         loss = oim_loss(emb, pids, memory, scale, weights=s if self.loim_weight_loss else None)
         memory.queue_update(emb.detach(), pids, keep=1.0 - s)

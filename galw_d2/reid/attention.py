@@ -9,6 +9,7 @@ to channels *and* positions,
 The attended map ``F * M`` is also returned: the attention branch (deep supervision, Sec. 3.5) pools
 and classifies it.
 """
+
 from typing import Tuple
 
 import torch
@@ -19,8 +20,8 @@ __all__ = ["FullyAttentionalBlock"]
 
 class FullyAttentionalBlock(nn.Module):
     """Args:
-        channels: C of the input map.
-        reduction: channel reduction of the hidden 1x1 conv (as SE's r; hidden = max(C // r, 1)).
+    channels: C of the input map.
+    reduction: channel reduction of the hidden 1x1 conv (as SE's r; hidden = max(C // r, 1)).
     """
 
     def __init__(self, channels: int, reduction: int = 16):

@@ -5,6 +5,7 @@ Defaults are the Mancs paper's (ECCV 2018, Sec. 4.3): ResNet-50, 256x128 crops, 
 3e-4, 160 epochs, curriculum t0 = 30, t1 = 60, a = 15, b = 0.001, margin 0.5, gamma 2,
 lambda = (1, 1, 0.2). The short CPU configs scale T0/T1 with the schedule (docs/reid.md).
 """
+
 from detectron2.config import CfgNode as CN
 
 from galw_d2.config import add_loss_weighting_config

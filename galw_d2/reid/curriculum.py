@@ -14,6 +14,7 @@ rank 0 at t = t0, where sigma = a; at t = t1 sigma = a * b and the choice is the
 density evaluated at each rank, renormalised (a truncated, discretised Gaussian). Nothing is clamped,
 so no probability mass piles up at the ends.
 """
+
 from typing import Tuple
 
 import torch
@@ -58,8 +59,16 @@ def curriculum_rank_probs(t: float, num_negatives: int, t0: float, t1: float, a:
     return p / p.sum()
 
 
-def sample_curriculum_ranks(t: float, num_negatives: int, num_samples: int, t0: float, t1: float, a: float,
-                            b: float, generator: torch.Generator = None) -> torch.Tensor:
+def sample_curriculum_ranks(
+    t: float,
+    num_negatives: int,
+    num_samples: int,
+    t0: float,
+    t1: float,
+    a: float,
+    b: float,
+    generator: torch.Generator = None,
+) -> torch.Tensor:
     """Draw ``num_samples`` ranks (i.i.d.) from :func:`curriculum_rank_probs`.
 
     Returns:
@@ -79,4 +88,3 @@ def scale_schedule(t0: float, t1: float, paper_epochs: float, epochs: float) -> 
         raise ValueError(f"scale_schedule: epochs must be > 0, got {paper_epochs}, {epochs}")
     f = float(epochs) / float(paper_epochs)
     return float(t0) * f, float(t1) * f
-

@@ -21,6 +21,7 @@
   0.64-1, aspect h/w 2-3) resized back, flip, normalise, random erasing.
 - :func:`build_datamanager`: torchreid ``ImageDataManager`` with PK sampling and that transform.
 """
+
 import glob
 import json
 import os
@@ -33,8 +34,17 @@ import torchvision.transforms as T
 from torchreid.reid.data import ImageDataManager, register_image_dataset
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
-__all__ = ["export_reid_crops", "MarketLayoutDataset", "register_synthps_reid", "ensure_synthps_reid",
-           "synthps_reid_preset", "build_train_transform", "build_datamanager", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "export_reid_crops",
+    "MarketLayoutDataset",
+    "register_synthps_reid",
+    "ensure_synthps_reid",
+    "synthps_reid_preset",
+    "build_train_transform",
+    "build_datamanager",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -80,8 +90,10 @@ def export_reid_crops(ps_root: str, output: str, seed: int = 0, min_height: int 
         for r in load_prw(ps_root, split):
             cam = int(r["camera_id"])
             if not 1 <= cam <= 9:
-                raise ValueError(f"re-id export: camera {cam} of {r['image_name']} does not fit the Market-1501 "
-                                 "name pattern (one digit, 1..9)")
+                raise ValueError(
+                    f"re-id export: camera {cam} of {r['image_name']} does not fit the Market-1501 "
+                    "name pattern (one digit, 1..9)"
+                )
             for k, a in enumerate(r["annotations"]):
                 x1, y1, x2, y2 = a["bbox"]
                 if y2 - y1 < min_height:
@@ -131,13 +143,22 @@ def export_reid_crops(ps_root: str, output: str, seed: int = 0, min_height: int 
     counts = {
         "train": write(train, "bounding_box_train", lambda p: p + 1),  # Market: 0 = distractor
         "query": write([labeled[i] for i in sorted(query_idx)], "query", lambda p: p + 1),
-        "gallery": write([c for i, c in enumerate(labeled) if i not in query_idx] + [c for c in test if c[0] < 0],
-                         "bounding_box_test", lambda p: p + 1 if p >= 0 else 0),
+        "gallery": write(
+            [c for i, c in enumerate(labeled) if i not in query_idx] + [c for c in test if c[0] < 0],
+            "bounding_box_test",
+            lambda p: p + 1 if p >= 0 else 0,
+        ),
     }
-    meta = {"source": os.path.abspath(ps_root), "layout": "market1501", "seed": int(seed), "min_height": min_height,
-            "images": counts, "train_ids": len({c[0] for c in train}),
-            "query_ids": len({labeled[i][0] for i in query_idx}),
-            "gallery_distractors": sum(c[0] < 0 for c in test)}
+    meta = {
+        "source": os.path.abspath(ps_root),
+        "layout": "market1501",
+        "seed": int(seed),
+        "min_height": min_height,
+        "images": counts,
+        "train_ids": len({c[0] for c in train}),
+        "query_ids": len({labeled[i][0] for i in query_idx}),
+        "gallery_distractors": sum(c[0] < 0 for c in test),
+    }
     with open(os.path.join(output, "export_meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -156,8 +177,10 @@ class MarketLayoutDataset(ImageDataset):
         dirs = [os.path.join(self.data_dir, s) for s in ("bounding_box_train", "query", "bounding_box_test")]
         missing = [d for d in dirs if not os.path.isdir(d)]
         if missing:
-            raise FileNotFoundError(f"re-id dataset {self.dataset_dir!r}: missing {missing}; expected the Market-1501 "
-                                    "layout (export SynthPS crops with tools/export_synthps_reid.py)")
+            raise FileNotFoundError(
+                f"re-id dataset {self.dataset_dir!r}: missing {missing}; expected the Market-1501 "
+                "layout (export SynthPS crops with tools/export_synthps_reid.py)"
+            )
         train = self.parse_dir(dirs[0], relabel=True)
         query = self.parse_dir(dirs[1])
         gallery = self.parse_dir(dirs[2])
@@ -185,7 +208,7 @@ class MarketLayoutDataset(ImageDataset):
 
 def synthps_reid_preset(name: str) -> Optional[str]:
     """``"synthps_reid_small"`` -> ``"small"``; None for other names."""
-    return name[len(SYNTHPS_PREFIX):] if name.startswith(SYNTHPS_PREFIX) else None
+    return name[len(SYNTHPS_PREFIX) :] if name.startswith(SYNTHPS_PREFIX) else None
 
 
 def register_synthps_reid(name: str) -> type:
@@ -216,8 +239,9 @@ def ensure_synthps_reid(root: str, name: str, seed: int = 0) -> str:
     return out
 
 
-def build_train_transform(size_hw: Sequence[int], crop_scale=(0.64, 1.0), crop_aspect=(2.0, 3.0), flip_prob=0.5,
-                          erasing_prob=0.5) -> T.Compose:
+def build_train_transform(
+    size_hw: Sequence[int], crop_scale=(0.64, 1.0), crop_aspect=(2.0, 3.0), flip_prob=0.5, erasing_prob=0.5
+) -> T.Compose:
     """Mancs training augmentation (Sec. 4.3) on PIL crops -> (3, H, W) normalised tensors.
 
     ``crop_aspect`` is height / width (torchvision's ratio is width / height, hence the inversion).
@@ -226,14 +250,16 @@ def build_train_transform(size_hw: Sequence[int], crop_scale=(0.64, 1.0), crop_a
     lo, hi = float(crop_aspect[0]), float(crop_aspect[1])
     if not (0 < lo <= hi):
         raise ValueError(f"INPUT.CROP_ASPECT must be 0 < lo <= hi, got {crop_aspect}")
-    return T.Compose([
-        T.Resize((h, w)),
-        T.RandomResizedCrop((h, w), scale=tuple(float(s) for s in crop_scale), ratio=(1.0 / hi, 1.0 / lo)),
-        T.RandomHorizontalFlip(flip_prob),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        T.RandomErasing(p=erasing_prob, value=0),
-    ])
+    return T.Compose(
+        [
+            T.Resize((h, w)),
+            T.RandomResizedCrop((h, w), scale=tuple(float(s) for s in crop_scale), ratio=(1.0 / hi, 1.0 / lo)),
+            T.RandomHorizontalFlip(flip_prob),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.RandomErasing(p=erasing_prob, value=0),
+        ]
+    )
 
 
 def build_datamanager(cfg) -> ImageDataManager:
@@ -251,12 +277,25 @@ def build_datamanager(cfg) -> ImageDataManager:
             register_synthps_reid(n)
     h, w = cfg.INPUT.SIZE
     dm = ImageDataManager(
-        root=d.ROOT, sources=list(d.SOURCES), targets=list(d.TARGETS) or None, height=int(h), width=int(w),
-        transforms=None, norm_mean=IMAGENET_MEAN, norm_std=IMAGENET_STD, use_gpu=cfg.DEVICE != "cpu",
-        batch_size_train=int(d.P) * int(d.K), batch_size_test=int(d.BATCH_SIZE_TEST), workers=int(d.NUM_WORKERS),
-        num_instances=int(d.K), train_sampler="RandomIdentitySampler", cuhk03_labeled=bool(d.CUHK03_LABELED),
-        cuhk03_classic_split=bool(d.CUHK03_CLASSIC_SPLIT))
+        root=d.ROOT,
+        sources=list(d.SOURCES),
+        targets=list(d.TARGETS) or None,
+        height=int(h),
+        width=int(w),
+        transforms=None,
+        norm_mean=IMAGENET_MEAN,
+        norm_std=IMAGENET_STD,
+        use_gpu=cfg.DEVICE != "cpu",
+        batch_size_train=int(d.P) * int(d.K),
+        batch_size_test=int(d.BATCH_SIZE_TEST),
+        workers=int(d.NUM_WORKERS),
+        num_instances=int(d.K),
+        train_sampler="RandomIdentitySampler",
+        cuhk03_labeled=bool(d.CUHK03_LABELED),
+        cuhk03_classic_split=bool(d.CUHK03_CLASSIC_SPLIT),
+    )
     # ImageDataManager only knows torchreid's named transforms; the Mancs crop is set on its train set
     dm.train_loader.dataset.transform = build_train_transform(
-        cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE, cfg.INPUT.CROP_ASPECT, cfg.INPUT.FLIP_PROB, cfg.INPUT.RANDOM_ERASING_PROB)
+        cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE, cfg.INPUT.CROP_ASPECT, cfg.INPUT.FLIP_PROB, cfg.INPUT.RANDOM_ERASING_PROB
+    )
     return dm

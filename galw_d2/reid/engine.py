@@ -14,6 +14,7 @@ weighting's sigmas / effective weights are in ``engine.last_step`` and in Tensor
 Evaluation (:meth:`MancsEngine.evaluate`) uses torchreid's ``metrics.compute_distance_matrix`` and
 ``metrics.evaluate_rank`` (CMC, mAP) on the rank-branch descriptors.
 """
+
 import json
 import math
 import os
@@ -55,16 +56,23 @@ def shared_parameters(model: nn.Module, patterns: Sequence[str]) -> List[tuple]:
     rx = [re.compile(p) for p in patterns]
     out = [(n, p) for n, p in model.named_parameters() if p.requires_grad and any(r.search(n) for r in rx)]
     if not out:
-        raise ValueError(f"GALW.RECORD.SHARED_PARAMS {list(patterns)} match no parameter of the model "
-                         f"(e.g. {[n for n, _ in list(model.named_parameters())[:3]]})")
+        raise ValueError(
+            f"GALW.RECORD.SHARED_PARAMS {list(patterns)} match no parameter of the model "
+            f"(e.g. {[n for n, _ in list(model.named_parameters())[:3]]})"
+        )
     return out
 
 
 def build_optimizer(cfg, model: nn.Module, weighting: nn.Module) -> torch.optim.Optimizer:
     """Adam (Mancs Sec. 4.3) over the model and, for learned strategies, log sigma
     (lr x GALW.LR_FACTOR, no weight decay)."""
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad],
-               "weight_decay": float(cfg.SOLVER.WEIGHT_DECAY), "lr": float(cfg.SOLVER.BASE_LR)}]
+    groups = [
+        {
+            "params": [p for p in model.parameters() if p.requires_grad],
+            "weight_decay": float(cfg.SOLVER.WEIGHT_DECAY),
+            "lr": float(cfg.SOLVER.BASE_LR),
+        }
+    ]
     wp = [p for p in weighting.parameters() if p.requires_grad]
     if wp:
         groups.append({"params": wp, "weight_decay": 0.0, "lr": float(cfg.SOLVER.BASE_LR) * float(cfg.GALW.LR_FACTOR)})
@@ -73,25 +81,37 @@ def build_optimizer(cfg, model: nn.Module, weighting: nn.Module) -> torch.optim.
 
 class MancsEngine(Engine):
     """Args:
-        datamanager: torchreid ``ImageDataManager`` (PK sampler).
-        model: :class:`galw_d2.reid.model.Mancs`.
-        weighting: from :func:`build_reid_weighting`.
-        optimizer: over the model and the weighting's parameters (:func:`build_optimizer`).
-        triplet: the curriculum triplet loss.
-        focal_gamma: gamma of the classification focal loss.
-        scheduler: optional lr scheduler (stepped once per epoch by torchreid).
-        clip_grad_norm: max total gradient norm (0 = no clipping).
-        recorder: optional :class:`GradientTrendRecorder` on the shared trunk parameters.
-        checkpoint_period: epochs between ``last_checkpoint.pth`` writes (0 = only at the end).
-        save_dir: where checkpoints go (the run's output folder).
-        progress: show a tqdm bar per epoch.
-        use_gpu: torchreid's flag (CUDA when available).
+    datamanager: torchreid ``ImageDataManager`` (PK sampler).
+    model: :class:`galw_d2.reid.model.Mancs`.
+    weighting: from :func:`build_reid_weighting`.
+    optimizer: over the model and the weighting's parameters (:func:`build_optimizer`).
+    triplet: the curriculum triplet loss.
+    focal_gamma: gamma of the classification focal loss.
+    scheduler: optional lr scheduler (stepped once per epoch by torchreid).
+    clip_grad_norm: max total gradient norm (0 = no clipping).
+    recorder: optional :class:`GradientTrendRecorder` on the shared trunk parameters.
+    checkpoint_period: epochs between ``last_checkpoint.pth`` writes (0 = only at the end).
+    save_dir: where checkpoints go (the run's output folder).
+    progress: show a tqdm bar per epoch.
+    use_gpu: torchreid's flag (CUDA when available).
     """
 
-    def __init__(self, datamanager, model: nn.Module, weighting: nn.Module, optimizer, triplet: CurriculumTripletLoss,
-                 focal_gamma: float = 2.0, scheduler=None, clip_grad_norm: float = 0.0,
-                 recorder: Optional[GradientTrendRecorder] = None, checkpoint_period: int = 1, save_dir: str = "",
-                 progress: bool = True, use_gpu: bool = False):
+    def __init__(
+        self,
+        datamanager,
+        model: nn.Module,
+        weighting: nn.Module,
+        optimizer,
+        triplet: CurriculumTripletLoss,
+        focal_gamma: float = 2.0,
+        scheduler=None,
+        clip_grad_norm: float = 0.0,
+        recorder: Optional[GradientTrendRecorder] = None,
+        checkpoint_period: int = 1,
+        save_dir: str = "",
+        progress: bool = True,
+        use_gpu: bool = False,
+    ):
         super().__init__(datamanager, use_gpu=use_gpu)
         self.model = model
         self.weighting = weighting
@@ -163,12 +183,17 @@ class MancsEngine(Engine):
                 self.writer.add_scalar("Train/" + k, v, it)
         return out
 
-    def train(self, print_freq: int = 10 ** 9, fixbase_epoch: int = 0, open_layers=None):
+    def train(self, print_freq: int = 10**9, fixbase_epoch: int = 0, open_layers=None):
         """torchreid's epoch loop behind a tqdm bar; writes ``last_checkpoint.pth`` every
         ``checkpoint_period`` epochs."""
         loader = self.train_loader
-        self.train_loader = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
-                                 disable=not self.progress, dynamic_ncols=True)
+        self.train_loader = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         try:
             super().train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
         finally:
@@ -178,11 +203,15 @@ class MancsEngine(Engine):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int) -> dict:
-        return {"epoch": int(epoch), "model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "recorder": self.recorder.state_dict() if self.recorder is not None else None,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+        return {
+            "epoch": int(epoch),
+            "model": self.model.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "recorder": self.recorder.state_dict() if self.recorder is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+        }
 
     def save_checkpoint(self, path: str, epoch: int) -> str:
         """Model, weighting, optimizer, scheduler, recorder and RNG state after ``epoch`` epochs (atomic)."""
@@ -228,8 +257,13 @@ class MancsEngine(Engine):
         return torch.cat(feats), np.asarray(pids), np.asarray(camids)
 
     @torch.no_grad()
-    def evaluate(self, dist_metric: str = "euclidean", normalize_feature: bool = False,
-                 ranks: Sequence[int] = (1, 5, 10), use_metric_cuhk03: bool = False) -> Dict[str, Dict[str, float]]:
+    def evaluate(
+        self,
+        dist_metric: str = "euclidean",
+        normalize_feature: bool = False,
+        ranks: Sequence[int] = (1, 5, 10),
+        use_metric_cuhk03: bool = False,
+    ) -> Dict[str, Dict[str, float]]:
         """CMC and mAP (percent) of every target dataset with torchreid's metrics.
 
         Returns:
@@ -243,8 +277,9 @@ class MancsEngine(Engine):
             if normalize_feature:
                 qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
             distmat = metrics.compute_distance_matrix(qf, gf, dist_metric).numpy()
-            cmc, mAP = metrics.evaluate_rank(distmat, qp, gp, qc, gc, max_rank=max(max(ranks), 1),
-                                             use_metric_cuhk03=use_metric_cuhk03)
+            cmc, mAP = metrics.evaluate_rank(
+                distmat, qp, gp, qc, gc, max_rank=max(max(ranks), 1), use_metric_cuhk03=use_metric_cuhk03
+            )
             res = {"mAP": 100.0 * float(mAP)}
             # a gallery smaller than r: torchreid cuts the CMC at the gallery size, where it is final
             res.update({f"rank{r}": 100.0 * float(cmc[min(r, len(cmc)) - 1]) for r in ranks})
@@ -256,8 +291,9 @@ class MancsEngine(Engine):
         self.set_model_mode("train")
         return out
 
-    def test(self, dist_metric="euclidean", normalize_feature=False, ranks=(1, 5, 10), use_metric_cuhk03=False,
-             **unused):
+    def test(
+        self, dist_metric="euclidean", normalize_feature=False, ranks=(1, 5, 10), use_metric_cuhk03=False, **unused
+    ):
         """torchreid's evaluation hook (called by ``run``): :meth:`evaluate`, kept in ``last_metrics``;
         returns rank-1 of the first target (torchreid's convention)."""
         self.last_metrics = self.evaluate(dist_metric, normalize_feature, ranks, use_metric_cuhk03)
@@ -277,4 +313,3 @@ def write_json(path: str, obj) -> str:
         json.dump(obj, f, indent=1)
     os.replace(path + ".tmp", path)
     return path
-

@@ -15,6 +15,7 @@ alone is minimised by raising every logit (nothing pushes the other identities d
 full per-identity sigmoid focal loss (RetinaNet form, no alpha): the true identity's term above plus
 ``p_c^gamma log(1 - p_c)`` for every other identity c.
 """
+
 from typing import Optional
 
 import torch
@@ -30,8 +31,10 @@ __all__ = ["CurriculumTripletLoss", "identity_focal_loss", "attention_bce_loss",
 def one_hot_targets(pids: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """(B,) int64 identity labels in [0, C) -> (B, C) one-hot targets; a clear error for labels out of range."""
     if pids.numel() and (int(pids.min()) < 0 or int(pids.max()) >= num_classes):
-        raise ValueError(f"identity labels must be in [0, {num_classes}), got min {int(pids.min())}, "
-                         f"max {int(pids.max())} (is MODEL num_classes the number of training identities?)")
+        raise ValueError(
+            f"identity labels must be in [0, {num_classes}), got min {int(pids.min())}, "
+            f"max {int(pids.max())} (is MODEL num_classes the number of training identities?)"
+        )
     return F.one_hot(pids.long(), num_classes).to(dtype)
 
 
@@ -73,8 +76,15 @@ class CurriculumTripletLoss(nn.Module):
             normalisation) or "random" = one random positive per anchor.
     """
 
-    def __init__(self, margin: float = 0.5, t0: float = 30.0, t1: float = 60.0, a: float = 15.0, b: float = 0.001,
-                 positives: str = "all"):
+    def __init__(
+        self,
+        margin: float = 0.5,
+        t0: float = 30.0,
+        t1: float = 60.0,
+        a: float = 15.0,
+        b: float = 0.001,
+        positives: str = "all",
+    ):
         super().__init__()
         if positives not in ("all", "random"):
             raise ValueError(f"CurriculumTripletLoss: positives must be 'all' or 'random', got {positives!r}")
@@ -83,8 +93,9 @@ class CurriculumTripletLoss(nn.Module):
         curriculum_rank_probs(0.0, 1, **self.schedule)  # validates the schedule now, not at the first step
         self.positives = positives
 
-    def sample_triplets(self, dist: torch.Tensor, pids: torch.Tensor, t: float,
-                        generator: Optional[torch.Generator] = None):
+    def sample_triplets(
+        self, dist: torch.Tensor, pids: torch.Tensor, t: float, generator: Optional[torch.Generator] = None
+    ):
         """(anchor, positive, negative) index tensors, each (T,), for a batch's distance matrix.
 
         Args:
@@ -123,8 +134,9 @@ class CurriculumTripletLoss(nn.Module):
             n_idx[sel] = order[a_idx[sel], ranks.to(order.device)]
         return a_idx, p_idx, n_idx
 
-    def forward(self, features: torch.Tensor, pids: torch.Tensor, t: float,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, pids: torch.Tensor, t: float, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Args:
             features: (B, D) rank-branch features.
             pids: (B,) identity labels.

@@ -17,6 +17,7 @@ In training mode :meth:`Mancs.forward` returns these three in a dict; in eval mo
 torchreid's model factory (``torchreid.reid.models.build_model``); :func:`build_mancs_from_config`
 builds the model of a reid config (:mod:`.config`).
 """
+
 import math
 from collections import OrderedDict
 from typing import Dict, List, Sequence, Union
@@ -28,8 +29,15 @@ from torchreid.reid.models.resnet import BasicBlock, Bottleneck
 
 from .attention import FullyAttentionalBlock
 
-__all__ = ["Mancs", "build_resnet_trunk", "build_mancs", "build_mancs_from_config", "register_mancs_models",
-           "STAGES", "MANCS_MODEL_NAMES"]
+__all__ = [
+    "Mancs",
+    "build_resnet_trunk",
+    "build_mancs",
+    "build_mancs_from_config",
+    "register_mancs_models",
+    "STAGES",
+    "MANCS_MODEL_NAMES",
+]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 _TORCHREID_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -66,15 +74,17 @@ def _make_stage(block, inplanes: int, out_channels: int, n_blocks: int, stride: 
         raise ValueError(f"ResNet width {out_channels} is not a multiple of the block expansion {block.expansion}")
     downsample = None
     if stride != 1 or inplanes != out_channels:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, out_channels, 1, stride=stride, bias=False),
-                                   nn.BatchNorm2d(out_channels))
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+        )
     layers = [block(inplanes, planes, stride, downsample)]
     layers += [block(out_channels, planes) for _ in range(1, n_blocks)]
     return nn.Sequential(*layers)
 
 
-def build_resnet_trunk(arch: str = "resnet50", widths: Sequence[int] = (), blocks: Sequence[int] = (),
-                       pretrained: bool = False) -> nn.ModuleDict:
+def build_resnet_trunk(
+    arch: str = "resnet50", widths: Sequence[int] = (), blocks: Sequence[int] = (), pretrained: bool = False
+) -> nn.ModuleDict:
     """ResNet trunk as ``ModuleDict(stem, layer1..layer4)`` and its stage output channels.
 
     Args:
@@ -92,24 +102,36 @@ def build_resnet_trunk(arch: str = "resnet50", widths: Sequence[int] = (), block
         raise ValueError(f"MODEL.BACKBONE: unknown ResNet {arch!r}; expected one of {_TORCHREID_RESNETS}")
     if not widths:
         net = tr_models.build_model(arch, num_classes=1, loss="softmax", pretrained=pretrained, use_gpu=False)
-        trunk = nn.ModuleDict(OrderedDict(
-            stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
-            **{s: getattr(net, s) for s in STAGES}))
+        trunk = nn.ModuleDict(
+            OrderedDict(
+                stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), **{s: getattr(net, s) for s in STAGES}
+            )
+        )
     else:
         if pretrained:
             raise ValueError("MODEL.PRETRAINED needs torchreid's trunk widths (MODEL.RESNET_WIDTHS = [])")
         if len(widths) != 4:
             raise ValueError(f"MODEL.RESNET_WIDTHS needs 4 values (layer1..layer4), got {list(widths)}")
-        default_blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3], "resnet50": [3, 4, 6, 3],
-                          "resnet101": [3, 4, 23, 3], "resnet152": [3, 8, 36, 3]}[arch]
+        default_blocks = {
+            "resnet18": [2, 2, 2, 2],
+            "resnet34": [3, 4, 6, 3],
+            "resnet50": [3, 4, 6, 3],
+            "resnet101": [3, 4, 23, 3],
+            "resnet152": [3, 8, 36, 3],
+        }[arch]
         blocks = list(blocks) or default_blocks
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"MODEL.RESNET_BLOCKS needs 4 values >= 1, got {list(blocks)}")
         block = BasicBlock if arch in ("resnet18", "resnet34") else Bottleneck
         stem_ch = max(int(widths[0]) // block.expansion, 8)
-        mods = OrderedDict(stem=nn.Sequential(
-            nn.Conv2d(3, stem_ch, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem_ch),
-            nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)))
+        mods = OrderedDict(
+            stem=nn.Sequential(
+                nn.Conv2d(3, stem_ch, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(stem_ch),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        )
         inplanes = stem_ch
         for i, s in enumerate(STAGES):
             mods[s] = _make_stage(block, inplanes, int(widths[i]), int(blocks[i]), 1 if i == 0 else 2)
@@ -143,17 +165,26 @@ class Mancs(nn.Module):
         prelu: end the last block of layer4 with PReLU (Mancs Sec. 4.3).
     """
 
-    def __init__(self, trunk: nn.ModuleDict, num_classes: int,
-                 fab_stages: Sequence[str] = ("layer2", "layer3", "layer4"), fab_reduction: int = 16,
-                 rank_dim: int = 2048, cls_dim: int = 2048, prelu: bool = True):
+    def __init__(
+        self,
+        trunk: nn.ModuleDict,
+        num_classes: int,
+        fab_stages: Sequence[str] = ("layer2", "layer3", "layer4"),
+        fab_reduction: int = 16,
+        rank_dim: int = 2048,
+        cls_dim: int = 2048,
+        prelu: bool = True,
+    ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"Mancs: needs >= 2 training identities, got {num_classes}")
         fab_stages = list(fab_stages)
         bad = [s for s in fab_stages if s not in STAGES]
         if bad or not fab_stages or len(set(fab_stages)) != len(fab_stages):
-            raise ValueError(f"MODEL.FAB_STAGES: expected distinct names from {STAGES} (at least one: the attention "
-                             f"branch pools the FAB outputs), got {fab_stages}")
+            raise ValueError(
+                f"MODEL.FAB_STAGES: expected distinct names from {STAGES} (at least one: the attention "
+                f"branch pools the FAB outputs), got {fab_stages}"
+            )
         channels = dict(trunk.stage_channels)
         if prelu:
             trunk["layer4"][-1] = _PReLUOutputBlock(trunk["layer4"][-1])
@@ -193,12 +224,21 @@ class Mancs(nn.Module):
         rank = self.rank_fc(pooled)
         if not self.training:
             return rank
-        return {"rank": rank, "cls_logits": self.cls_head(self.cls_fc(pooled)),
-                "att_logits": self.att_head(torch.cat(attended, dim=1))}
+        return {
+            "rank": rank,
+            "cls_logits": self.cls_head(self.cls_fc(pooled)),
+            "att_logits": self.att_head(torch.cat(attended, dim=1)),
+        }
 
 
-def build_mancs(num_classes: int, arch: str = "resnet50", pretrained: bool = False, widths: Sequence[int] = (),
-                blocks: Sequence[int] = (), **kwargs) -> Mancs:
+def build_mancs(
+    num_classes: int,
+    arch: str = "resnet50",
+    pretrained: bool = False,
+    widths: Sequence[int] = (),
+    blocks: Sequence[int] = (),
+    **kwargs,
+) -> Mancs:
     """Mancs on a :func:`build_resnet_trunk` trunk; ``kwargs`` go to :class:`Mancs`."""
     return Mancs(build_resnet_trunk(arch, widths, blocks, pretrained), num_classes, **kwargs)
 
@@ -221,22 +261,35 @@ def register_mancs_models() -> List[str]:
     """
     factory = vars(tr_models)["__model_factory"]
     for name in MANCS_MODEL_NAMES:
-        factory.setdefault(name, _factory_entry(name[len("mancs_"):]))
+        factory.setdefault(name, _factory_entry(name[len("mancs_") :]))
     return list(MANCS_MODEL_NAMES)
 
 
 def build_mancs_from_config(cfg, num_classes: int) -> Mancs:
     """The Mancs model of a reid config (``cfg.MODEL``, see :func:`.config.add_reid_config`)."""
     m = cfg.MODEL
-    kwargs = dict(fab_stages=list(m.FAB_STAGES), fab_reduction=int(m.FAB_REDUCTION), rank_dim=int(m.RANK_DIM),
-                  cls_dim=int(m.CLS_DIM), prelu=bool(m.PRELU))
+    kwargs = dict(
+        fab_stages=list(m.FAB_STAGES),
+        fab_reduction=int(m.FAB_REDUCTION),
+        rank_dim=int(m.RANK_DIM),
+        cls_dim=int(m.CLS_DIM),
+        prelu=bool(m.PRELU),
+    )
     if not m.RESNET_WIDTHS:  # the torchreid factory path: build_model("mancs_<arch>")
         register_mancs_models()
         name = f"mancs_{m.BACKBONE}"
         if name not in MANCS_MODEL_NAMES:
-            raise ValueError(f"MODEL.BACKBONE {m.BACKBONE!r}: expected one of "
-                             f"{[n[len('mancs_'):] for n in MANCS_MODEL_NAMES]} (or set MODEL.RESNET_WIDTHS)")
+            raise ValueError(
+                f"MODEL.BACKBONE {m.BACKBONE!r}: expected one of "
+                f"{[n[len('mancs_') :] for n in MANCS_MODEL_NAMES]} (or set MODEL.RESNET_WIDTHS)"
+            )
         factory = vars(tr_models)["__model_factory"]
         return factory[name](num_classes, pretrained=bool(m.PRETRAINED), **kwargs)
-    return build_mancs(num_classes, m.BACKBONE, pretrained=bool(m.PRETRAINED), widths=list(m.RESNET_WIDTHS),
-                       blocks=list(m.RESNET_BLOCKS), **kwargs)
+    return build_mancs(
+        num_classes,
+        m.BACKBONE,
+        pretrained=bool(m.PRETRAINED),
+        widths=list(m.RESNET_WIDTHS),
+        blocks=list(m.RESNET_BLOCKS),
+        **kwargs,
+    )

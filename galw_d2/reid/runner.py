@@ -11,8 +11,10 @@ gradient-trend recorder, and :class:`.engine.MancsEngine`. :func:`run_training` 
      "weighting": {"strategy", "groups", "sigma": {task: sigma}, "weights": {task: effective weight}},
      "epochs", "iterations", "wall_time_s", "seed"}
 """
+
 import os
 import time
+
 import torch
 from torchreid.reid.utils import set_random_seed
 
@@ -59,15 +61,31 @@ def build_engine(cfg, progress: bool = True) -> MancsEngine:
         from galw_d2.galw.recorder import GradientTrendRecorder
 
         epoch_iters = int(cfg.GALW.RECORD.EPOCH_ITERS) or len(dm.train_loader)
-        recorder = GradientTrendRecorder(shared_parameters(model, cfg.GALW.RECORD.SHARED_PARAMS),
-                                         int(cfg.GALW.RECORD.PERIOD), epoch_iters, tasks=list(REID_TASKS))
+        recorder = GradientTrendRecorder(
+            shared_parameters(model, cfg.GALW.RECORD.SHARED_PARAMS),
+            int(cfg.GALW.RECORD.PERIOD),
+            epoch_iters,
+            tasks=list(REID_TASKS),
+        )
     lc = cfg.LOSS
-    triplet = CurriculumTripletLoss(lc.MARGIN, lc.CURRICULUM_T0, lc.CURRICULUM_T1, lc.CURRICULUM_A, lc.CURRICULUM_B,
-                                    lc.POSITIVES)
-    return MancsEngine(dm, model, weighting, optimizer, triplet, focal_gamma=float(lc.FOCAL_GAMMA),
-                       scheduler=scheduler, clip_grad_norm=float(cfg.SOLVER.CLIP_GRAD_NORM), recorder=recorder,
-                       checkpoint_period=int(cfg.SOLVER.CHECKPOINT_PERIOD), save_dir=cfg.OUTPUT_DIR,
-                       progress=progress, use_gpu=cfg.DEVICE != "cpu")
+    triplet = CurriculumTripletLoss(
+        lc.MARGIN, lc.CURRICULUM_T0, lc.CURRICULUM_T1, lc.CURRICULUM_A, lc.CURRICULUM_B, lc.POSITIVES
+    )
+    return MancsEngine(
+        dm,
+        model,
+        weighting,
+        optimizer,
+        triplet,
+        focal_gamma=float(lc.FOCAL_GAMMA),
+        scheduler=scheduler,
+        clip_grad_norm=float(cfg.SOLVER.CLIP_GRAD_NORM),
+        recorder=recorder,
+        checkpoint_period=int(cfg.SOLVER.CHECKPOINT_PERIOD),
+        save_dir=cfg.OUTPUT_DIR,
+        progress=progress,
+        use_gpu=cfg.DEVICE != "cpu",
+    )
 
 
 def _weighting_summary(cfg, engine: MancsEngine) -> dict:
@@ -99,27 +117,42 @@ def run_training(cfg, resume: bool = False, eval_only: str = "", progress: bool 
         last = os.path.join(out, "last_checkpoint.pth")
         if eval_only:
             engine.resume(eval_only)
-            engine.last_metrics = engine.evaluate(cfg.TEST.DIST_METRIC, cfg.TEST.NORMALIZE_FEATURE,
-                                                  list(cfg.TEST.RANKS), cfg.DATA.CUHK03_CLASSIC_SPLIT)
+            engine.last_metrics = engine.evaluate(
+                cfg.TEST.DIST_METRIC, cfg.TEST.NORMALIZE_FEATURE, list(cfg.TEST.RANKS), cfg.DATA.CUHK03_CLASSIC_SPLIT
+            )
         else:
             if resume and os.path.isfile(last):
                 start_epoch = engine.resume(last)
             eval_period = int(cfg.TEST.EVAL_PERIOD)
-            engine.run(save_dir=out, max_epoch=int(cfg.SOLVER.MAX_EPOCH), start_epoch=start_epoch,
-                       eval_freq=eval_period if eval_period > 0 else -1, dist_metric=cfg.TEST.DIST_METRIC,
-                       normalize_feature=bool(cfg.TEST.NORMALIZE_FEATURE), ranks=list(cfg.TEST.RANKS),
-                       use_metric_cuhk03=bool(cfg.DATA.CUHK03_CLASSIC_SPLIT))
+            engine.run(
+                save_dir=out,
+                max_epoch=int(cfg.SOLVER.MAX_EPOCH),
+                start_epoch=start_epoch,
+                eval_freq=eval_period if eval_period > 0 else -1,
+                dist_metric=cfg.TEST.DIST_METRIC,
+                normalize_feature=bool(cfg.TEST.NORMALIZE_FEATURE),
+                ranks=list(cfg.TEST.RANKS),
+                use_metric_cuhk03=bool(cfg.DATA.CUHK03_CLASSIC_SPLIT),
+            )
             if engine.recorder is not None:
-                engine.write_trends(os.path.join(out, cfg.GALW.RECORD.OUTPUT),
-                                    {"model": "mancs", "config_seed": int(cfg.SEED)})
+                engine.write_trends(
+                    os.path.join(out, cfg.GALW.RECORD.OUTPUT), {"model": "mancs", "config_seed": int(cfg.SEED)}
+                )
     finally:
         torch.set_num_threads(threads)
     datasets = engine.last_metrics
     first = next(iter(datasets.values()))
     metrics = {k: first[k] for k in first if k == "mAP" or k.startswith("rank")}
-    metrics.update(datasets=datasets, tasks=list(REID_TASKS), weighting=_weighting_summary(cfg, engine),
-                   epochs=int(cfg.SOLVER.MAX_EPOCH), iterations=int(cfg.SOLVER.MAX_EPOCH) * engine.num_batches,
-                   start_epoch=start_epoch, wall_time_s=round(time.time() - t_start, 1), seed=int(cfg.SEED),
-                   num_train_pids=int(engine.datamanager.num_train_pids))
+    metrics.update(
+        datasets=datasets,
+        tasks=list(REID_TASKS),
+        weighting=_weighting_summary(cfg, engine),
+        epochs=int(cfg.SOLVER.MAX_EPOCH),
+        iterations=int(cfg.SOLVER.MAX_EPOCH) * engine.num_batches,
+        start_epoch=start_epoch,
+        wall_time_s=round(time.time() - t_start, 1),
+        seed=int(cfg.SEED),
+        num_train_pids=int(engine.datamanager.num_train_pids),
+    )
     write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics

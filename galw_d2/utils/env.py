@@ -3,6 +3,7 @@
 galw_d2 must run on detectron2 v0.6 (the offline PyPI sdist) and on upstream main; both report
 version "0.6", so behaviour differences are detected by feature, never by version string.
 """
+
 import importlib.util
 import inspect
 import os

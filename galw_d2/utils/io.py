@@ -1,4 +1,5 @@
 """Reading torch files with errors that name the file (instead of torch's EOFError / zip errors)."""
+
 import os
 import pickle
 import zipfile
@@ -19,7 +20,19 @@ def torch_load_file(path: str, what: str = "file"):
             return torch.load(path, map_location="cpu", weights_only=False)
         except TypeError:  # torch without weights_only
             return torch.load(path, map_location="cpu")
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError,
-            ValueError, AttributeError, ImportError, IndexError, KeyError) as e:
-        raise ValueError(f"{what} {path}: cannot be read by torch.load ({size} bytes; truncated, or not a "
-                         f"torch.save file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    except (
+        EOFError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+        ValueError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+    ) as e:
+        raise ValueError(
+            f"{what} {path}: cannot be read by torch.load ({size} bytes; truncated, or not a "
+            f"torch.save file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e

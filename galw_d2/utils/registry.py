@@ -5,6 +5,7 @@ or ``GALW.GROUPING.STRATEGY slope`` are short lower-case method names, so entrie
 as ``@REGISTRY.register("rulwf")`` and looked up case-insensitively. Everything else (``get``,
 iteration, ``in``) is fvcore's.
 """
+
 from typing import Any, Callable, List, Optional
 
 from fvcore.common.registry import Registry

@@ -6,6 +6,7 @@ hidden in backward would run once per probe (SPEC §1). Modules instead queue th
 and expose ``apply_pending_updates()``; the trainer calls :func:`apply_pending_updates` once after the
 optimizer step.
 """
+
 import torch
 
 __all__ = ["apply_pending_updates"]

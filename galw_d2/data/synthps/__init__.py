@@ -4,6 +4,7 @@
 stable appearance, see :mod:`.appearance`) into varied scenes seen by several cameras
 (:mod:`.render`), and writes them with :mod:`.writers`. See docs/synthps.md.
 """
+
 import json
 import os
 import shutil
@@ -15,8 +16,17 @@ from .appearance import ATTRIBUTE_NAMES
 from .generator import PRESETS, Preset, SynthPSTruth, build_scenes
 from .writers import write_attributes, write_cuhk_sysu, write_meta, write_prw
 
-__all__ = ["ATTRIBUTE_NAMES", "FORMATS", "PRESETS", "Preset", "SynthPSTruth", "generate_synthps",
-           "load_truth", "render_preview", "summarize"]
+__all__ = [
+    "ATTRIBUTE_NAMES",
+    "FORMATS",
+    "PRESETS",
+    "Preset",
+    "SynthPSTruth",
+    "generate_synthps",
+    "load_truth",
+    "render_preview",
+    "summarize",
+]
 
 FORMATS = ("cuhk_sysu", "prw")
 # what a previous SynthPS run may have left in a root (removed before writing a new one)
@@ -34,7 +44,8 @@ def _check_root(root: str) -> None:
         if not any(os.path.exists(os.path.join(root, m)) for m in _MARKERS):
             raise FileExistsError(
                 f"SynthPS output {root!r} exists, is not empty and is not a SynthPS root "
-                f"(no {_MARKERS[0]}); choose an empty or new directory")
+                f"(no {_MARKERS[0]}); choose an empty or new directory"
+            )
 
 
 def _prepare_root(root: str) -> None:
@@ -53,9 +64,15 @@ def _prepare_root(root: str) -> None:
     os.makedirs(root, exist_ok=True)
 
 
-def generate_synthps(output: str, fmt: str = "cuhk_sysu", preset: str = "tiny", seed: int = 0, *,
-                     progress: bool = False, return_truth: bool = False
-                     ) -> Union[str, Tuple[str, SynthPSTruth]]:
+def generate_synthps(
+    output: str,
+    fmt: str = "cuhk_sysu",
+    preset: str = "tiny",
+    seed: int = 0,
+    *,
+    progress: bool = False,
+    return_truth: bool = False,
+) -> Union[str, Tuple[str, SynthPSTruth]]:
     """Generate a SynthPS dataset at ``output`` (the dataset root) in layout ``fmt``.
 
     Args:
@@ -96,16 +113,25 @@ def load_truth(root: str) -> SynthPSTruth:
 
 def summarize(truth: SynthPSTruth) -> dict:
     """Counts per split (images, labeled ids, boxes, unlabeled boxes) and queries / galleries."""
-    out = {"format": truth.fmt, "preset": truth.preset, "seed": truth.seed,
-           "attributes": len(truth.attribute_names), "queries": len(truth.queries),
-           "gallery_sizes": sorted(truth.galleries)}
+    out = {
+        "format": truth.fmt,
+        "preset": truth.preset,
+        "seed": truth.seed,
+        "attributes": len(truth.attribute_names),
+        "queries": len(truth.queries),
+        "gallery_sizes": sorted(truth.galleries),
+    }
     for split in ("train", "test"):
         sc = [s for s in truth.scenes if s.split == split]
         boxes = [p for s in sc for p in s.persons]
-        out[split] = {"images": len(sc), "ids": len({p.identity for p in boxes if p.identity >= 0}),
-                      "boxes": len(boxes), "unlabeled": sum(p.identity < 0 for p in boxes),
-                      "cameras": len({s.camera for s in sc}),
-                      "person_height": [min(p.box[3] for p in boxes), max(p.box[3] for p in boxes)]}
+        out[split] = {
+            "images": len(sc),
+            "ids": len({p.identity for p in boxes if p.identity >= 0}),
+            "boxes": len(boxes),
+            "unlabeled": sum(p.identity < 0 for p in boxes),
+            "cameras": len({s.camera for s in sc}),
+            "person_height": [min(p.box[3] for p in boxes), max(p.box[3] for p in boxes)],
+        }
     return out
 
 
@@ -144,14 +170,15 @@ def render_preview(root: str, path: Optional[str] = None, n: int = 12, cols: int
     grid = np.full((rows * th, cols * tw, 3), 255, dtype=np.uint8)
     for k, t in enumerate(tiles):
         r, c = divmod(k, cols)
-        grid[r * th:r * th + t.shape[0], c * tw:c * tw + t.shape[1]] = t
+        grid[r * th : r * th + t.shape[0], c * tw : c * tw + t.shape[1]] = t
     path = path or os.path.join(root, "preview.jpg")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.lower().endswith(".png"):  # palette PNG: small enough to commit / show in docs
         from PIL import Image
 
-        Image.fromarray(grid[:, :, ::-1]).quantize(colors=128, method=Image.Quantize.MEDIANCUT,
-                                                   dither=Image.Dither.NONE).save(path, optimize=True)
+        Image.fromarray(grid[:, :, ::-1]).quantize(
+            colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+        ).save(path, optimize=True)
     elif not cv2.imwrite(path, grid):
         raise RuntimeError(f"could not write preview {path}")
     return path

@@ -4,6 +4,7 @@ An identity is a stable :class:`Appearance` (body proportions, clothing colours 
 hat, bag, ...). Every instance of the identity is drawn from it with small per-instance variation
 (pose, scale, colour noise; see :mod:`.render`). Attributes are a pure function of the appearance.
 """
+
 from dataclasses import dataclass
 from typing import List, Sequence, Set, Tuple
 
@@ -92,8 +93,15 @@ class Appearance:
 
     def signature(self) -> tuple:
         """The coarse look two identities must not share (what tells them apart at 40 px)."""
-        return (self.upper, self.upper_pattern, self.upper2 if self.upper_pattern != "plain" else "",
-                self.lower, self.lower_type, self.hat, self.bag)
+        return (
+            self.upper,
+            self.upper_pattern,
+            self.upper2 if self.upper_pattern != "plain" else "",
+            self.lower,
+            self.lower_type,
+            self.hat,
+            self.bag,
+        )
 
 
 def _pick(rng: np.random.Generator, seq: Sequence, p=None):

@@ -1,4 +1,5 @@
 """SynthPS scene layout: identities -> images -> people, boxes and queries (format independent)."""
+
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -90,18 +91,32 @@ class SynthPSTruth:
     def from_json(cls, d: dict) -> "SynthPSTruth":
         scenes = []
         for s in d["scenes"]:
-            persons = [PersonGT(tuple(p["box"]), p["identity"], p["attributes"], p["occlusion"], p["pid"])
-                       for p in s["persons"]]
+            persons = [
+                PersonGT(tuple(p["box"]), p["identity"], p["attributes"], p["occlusion"], p["pid"])
+                for p in s["persons"]
+            ]
             scenes.append(SceneGT(s["index"], s["split"], s["camera"], s["height"], s["width"], persons, s["name"]))
-        galleries = {int(k): [[(n, tuple(b) if b is not None else None) for n, b in g] for g in v]
-                     for k, v in d.get("galleries", {}).items()}
+        galleries = {
+            int(k): [[(n, tuple(b) if b is not None else None) for n, b in g] for g in v]
+            for k, v in d.get("galleries", {}).items()
+        }
         subsets = {k: (list(v[0]), int(v[1])) for k, v in d.get("subsets", {}).items()}
-        return cls(d["fmt"], d["preset"], d["seed"], list(d["attribute_names"]), scenes,
-                   [QueryGT(**q) for q in d["queries"]], list(d["identity_split"]), galleries, subsets)
+        return cls(
+            d["fmt"],
+            d["preset"],
+            d["seed"],
+            list(d["attribute_names"]),
+            scenes,
+            [QueryGT(**q) for q in d["queries"]],
+            list(d["identity_split"]),
+            galleries,
+            subsets,
+        )
 
 
-def _assign(rng: np.random.Generator, n_images: int, ids: List[int], cameras: np.ndarray,
-            cap_range: Tuple[int, int]) -> List[List[int]]:
+def _assign(
+    rng: np.random.Generator, n_images: int, ids: List[int], cameras: np.ndarray, cap_range: Tuple[int, int]
+) -> List[List[int]]:
     """Distribute identity instances over images: each id >= 2 instances, spread over cameras,
     never twice in one image, round-robin so every id gets about the same number."""
     caps = rng.integers(cap_range[0], cap_range[1] + 1, size=n_images)
@@ -140,8 +155,9 @@ def _cover(a, b) -> float:
     return ix * iy / float(min(a[2] * a[3], b[2] * b[3]))
 
 
-def _render_scene(scene_rng: np.random.Generator, preset: Preset, cam, labeled: List[int],
-                  identities: List[Appearance]):
+def _render_scene(
+    scene_rng: np.random.Generator, preset: Preset, cam, labeled: List[int], identities: List[Appearance]
+):
     H, W = preset.image_hw
     img = draw_background(cam, H, W, scene_rng)
     n_dis = int(scene_rng.integers(preset.distractors_per_image[0], preset.distractors_per_image[1] + 1))
@@ -187,7 +203,7 @@ def _render_scene(scene_rng: np.random.Generator, preset: Preset, cam, labeled: 
     occl = [0.0] * len(placed)
     for k, p in enumerate(placed):  # box fraction covered by nearer people (painted later)
         bx = p[1]
-        for q in placed[k + 1:]:
+        for q in placed[k + 1 :]:
             qb = q[1]
             ix = max(0, min(bx[0] + bx[2], qb[0] + qb[2]) - max(bx[0], qb[0]))
             iy = max(0, min(bx[1] + bx[3], qb[1] + qb[3]) - max(bx[1], qb[1]))
@@ -196,8 +212,10 @@ def _render_scene(scene_rng: np.random.Generator, preset: Preset, cam, labeled: 
         if occl[k] < 0.25 and scene_rng.random() < preset.occlusion_prob:
             occl[k] += draw_occluder(img, p[1], scene_rng)
     img = apply_camera(img, cam, scene_rng)
-    persons = [PersonGT(tuple(int(v) for v in p[1]), int(p[4]), attributes_of(p[5]), round(float(min(1.0, o)), 3))
-               for p, o in zip(placed, occl)]
+    persons = [
+        PersonGT(tuple(int(v) for v in p[1]), int(p[4]), attributes_of(p[5]), round(float(min(1.0, o)), 3))
+        for p, o in zip(placed, occl)
+    ]
     return img, persons
 
 
@@ -220,9 +238,10 @@ def build_scenes(preset_name: str, seed: int, progress: bool = False):
     lay = np.random.default_rng(layout_ss)
 
     plan = []  # (split, camera index, labeled ids)
-    for split, n_img, ids in (("train", preset.train_images, list(range(preset.train_ids))),
-                              ("test", preset.test_images,
-                               list(range(preset.train_ids, preset.train_ids + preset.test_ids)))):
+    for split, n_img, ids in (
+        ("train", preset.train_images, list(range(preset.train_ids))),
+        ("test", preset.test_images, list(range(preset.train_ids, preset.train_ids + preset.test_ids))),
+    ):
         cams = np.resize(np.arange(preset.cameras), n_img)
         cams = cams[lay.permutation(n_img)]
         content = _assign(lay, n_img, ids, cams, preset.labeled_per_image)
@@ -243,8 +262,13 @@ def build_scenes(preset_name: str, seed: int, progress: bool = False):
 
     queries = []
     for ident in range(preset.train_ids, preset.train_ids + preset.test_ids):
-        occ = [(p.occlusion, -p.box[3], s.index, j) for s in scenes if s.split == "test"
-               for j, p in enumerate(s.persons) if p.identity == ident]
+        occ = [
+            (p.occlusion, -p.box[3], s.index, j)
+            for s in scenes
+            if s.split == "test"
+            for j, p in enumerate(s.persons)
+            if p.identity == ident
+        ]
         _, _, si, pj = min(occ)  # least occluded, then tallest instance
         queries.append(QueryGT(si, pj, ident))
     truth = SynthPSTruth("", preset_name, int(seed), list(ATTRIBUTE_NAMES), scenes, queries, identity_split)

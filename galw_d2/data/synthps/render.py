@@ -3,8 +3,9 @@
 All images are RGB uint8 (converted to BGR only when written). Every function takes an explicit
 ``numpy.random.Generator`` so a scene is a pure function of its seed.
 """
+
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import cv2
 import numpy as np
@@ -28,8 +29,9 @@ def _jitter(colour: np.ndarray, rng: np.random.Generator, amount: float) -> Tupl
 
 
 # ----------------------------------------------------------------------------------------- people
-def draw_person(app: Appearance, height: int, rng: np.random.Generator,
-                colour_noise: float = 0.04) -> Tuple[np.ndarray, np.ndarray]:
+def draw_person(
+    app: Appearance, height: int, rng: np.random.Generator, colour_noise: float = 0.04
+) -> Tuple[np.ndarray, np.ndarray]:
     """Draw one instance of ``app`` about ``height`` px tall.
 
     Returns (patch (h, w, 3) uint8 RGB, mask (h, w) uint8 0..255), cropped to the drawn pixels.
@@ -86,12 +88,26 @@ def draw_person(app: Appearance, height: int, rng: np.random.Generator,
 
     # behind the body: long hair, backpack
     if app.long_hair:
-        poly([(lean - r * 1.05, head_c[1]), (lean + r * 1.05, head_c[1]),
-              (lean + r * 1.15, shoulder_y + 0.09 * H), (lean - r * 1.15, shoulder_y + 0.09 * H)], hair)
+        poly(
+            [
+                (lean - r * 1.05, head_c[1]),
+                (lean + r * 1.05, head_c[1]),
+                (lean + r * 1.15, shoulder_y + 0.09 * H),
+                (lean - r * 1.15, shoulder_y + 0.09 * H),
+            ],
+            hair,
+        )
     if app.bag == "backpack":
         bx0 = -sw - 0.07 * H
-        poly([(bx0, shoulder_y + 0.02 * H), (bx0 + 0.16 * H, shoulder_y + 0.02 * H),
-              (bx0 + 0.16 * H, shoulder_y + 0.24 * H), (bx0, shoulder_y + 0.24 * H)], bagc)
+        poly(
+            [
+                (bx0, shoulder_y + 0.02 * H),
+                (bx0 + 0.16 * H, shoulder_y + 0.02 * H),
+                (bx0 + 0.16 * H, shoulder_y + 0.24 * H),
+                (bx0, shoulder_y + 0.24 * H),
+            ],
+            bagc,
+        )
 
     # legs and lower garment
     lhip, rhip = (lean * 0.5 - hw * 0.5, hip_y), (lean * 0.5 + hw * 0.5, hip_y)
@@ -110,14 +126,25 @@ def draw_person(app: Appearance, height: int, rng: np.random.Generator,
             line(rhip, rk, lower, leg_th * 1.1)
         else:  # skirt
             sk = hip_y + 0.22 * H
-            poly([(lean * 0.5 - hw, hip_y - 0.01 * H), (lean * 0.5 + hw, hip_y - 0.01 * H),
-                  (hw * 1.35, sk), (-hw * 1.35, sk)], lower)
+            poly(
+                [
+                    (lean * 0.5 - hw, hip_y - 0.01 * H),
+                    (lean * 0.5 + hw, hip_y - 0.01 * H),
+                    (hw * 1.35, sk),
+                    (-hw * 1.35, sk),
+                ],
+                lower,
+            )
     ellipse((lfoot[0] - 0.02 * H, foot_y - 0.01 * H), (0.05 * H, 0.022 * H), shoes)
     ellipse((rfoot[0] + 0.02 * H, foot_y - 0.01 * H), (0.05 * H, 0.022 * H), shoes)
 
     # torso with its pattern
-    torso = [(lean - sw, shoulder_y), (lean + sw, shoulder_y), (lean * 0.5 + hw, hip_y + 0.01 * H),
-             (lean * 0.5 - hw, hip_y + 0.01 * H)]
+    torso = [
+        (lean - sw, shoulder_y),
+        (lean + sw, shoulder_y),
+        (lean * 0.5 + hw, hip_y + 0.01 * H),
+        (lean * 0.5 - hw, hip_y + 0.01 * H),
+    ]
     tmask = np.zeros_like(mask)
     tpts = np.array([P(*p) for p in torso], dtype=np.int32)
     cv2.fillPoly(tmask, [tpts], 255, _AA, shift=2)
@@ -143,12 +170,23 @@ def draw_person(app: Appearance, height: int, rng: np.random.Generator,
         ellipse(h, (arm_th * 0.45, arm_th * 0.5), skin)
         if app.bag == "handbag" and side == 1:
             line((lean + sw * 0.6, shoulder_y), h, bagc, max(1, 0.012 * H))
-            poly([(h[0] - 0.05 * H, h[1]), (h[0] + 0.06 * H, h[1]), (h[0] + 0.07 * H, h[1] + 0.11 * H),
-                  (h[0] - 0.06 * H, h[1] + 0.11 * H)], bagc)
+            poly(
+                [
+                    (h[0] - 0.05 * H, h[1]),
+                    (h[0] + 0.06 * H, h[1]),
+                    (h[0] + 0.07 * H, h[1] + 0.11 * H),
+                    (h[0] - 0.06 * H, h[1] + 0.11 * H),
+                ],
+                bagc,
+            )
     if app.bag == "backpack":  # straps on the front
         for side in (-1, 1):
-            line((lean + side * sw * 0.55, shoulder_y), (lean * 0.7 + side * sw * 0.5, shoulder_y + 0.17 * H),
-                 bagc, max(1, 0.025 * H))
+            line(
+                (lean + side * sw * 0.55, shoulder_y),
+                (lean * 0.7 + side * sw * 0.5, shoulder_y + 0.17 * H),
+                bagc,
+                max(1, 0.025 * H),
+            )
 
     # head, hair, hat
     line((lean, shoulder_y - 0.03 * H), (lean, head_c[1]), skin, r * 0.9)
@@ -156,8 +194,15 @@ def draw_person(app: Appearance, height: int, rng: np.random.Generator,
     ellipse((head_c[0], head_c[1] - r * 0.15), (r * 0.95, r * 0.9), hair, 180, 360)
     if app.hat:
         hc = col(app.hat_colour)
-        poly([(lean - r * 0.85, top - 0.04 * H), (lean + r * 0.85, top - 0.04 * H),
-              (lean + r * 0.95, head_c[1] - r * 0.35), (lean - r * 0.95, head_c[1] - r * 0.35)], hc)
+        poly(
+            [
+                (lean - r * 0.85, top - 0.04 * H),
+                (lean + r * 0.85, top - 0.04 * H),
+                (lean + r * 0.95, head_c[1] - r * 0.35),
+                (lean - r * 0.95, head_c[1] - r * 0.35),
+            ],
+            hc,
+        )
         line((lean - r * 1.4, head_c[1] - r * 0.35), (lean + r * 1.4, head_c[1] - r * 0.35), hc, max(1, 0.018 * H))
 
     if rng.random() < 0.5:  # facing left / right
@@ -172,8 +217,8 @@ def paste(canvas: np.ndarray, patch: np.ndarray, mask: np.ndarray, x: int, y: in
     """Alpha-blend ``patch`` at top-left (x, y) into ``canvas`` (in place; must fit)."""
     h, w = mask.shape
     a = mask[..., None].astype(np.float32) / 255.0
-    region = canvas[y:y + h, x:x + w].astype(np.float32)
-    canvas[y:y + h, x:x + w] = (region * (1 - a) + patch.astype(np.float32) * a).astype(np.uint8)
+    region = canvas[y : y + h, x : x + w].astype(np.float32)
+    canvas[y : y + h, x : x + w] = (region * (1 - a) + patch.astype(np.float32) * a).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------- cameras

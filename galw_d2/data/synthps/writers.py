@@ -29,6 +29,7 @@ Both: ``synthps_attributes.json`` (attribute ground truth, DESIGN contract) and 
 (the full generator truth: every box, id, camera; not read by the loaders).
 MAT headers carry a fixed text instead of scipy's creation time, so a seed gives identical bytes.
 """
+
 import io
 import json
 import os
@@ -38,10 +39,17 @@ import cv2
 import numpy as np
 import scipy.io
 
-from .generator import SceneGT, SynthPSTruth
+from .generator import SynthPSTruth
 
-__all__ = ["OFFICIAL_GALLERY_SIZES", "savemat_deterministic", "write_cuhk_sysu", "write_prw",
-           "write_attributes", "write_meta", "write_image"]
+__all__ = [
+    "OFFICIAL_GALLERY_SIZES",
+    "savemat_deterministic",
+    "write_cuhk_sysu",
+    "write_prw",
+    "write_attributes",
+    "write_meta",
+    "write_image",
+]
 
 OFFICIAL_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 _HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: galw_d2 SynthPS"
@@ -150,18 +158,23 @@ def write_cuhk_sysu(root: str, truth: SynthPSTruth, images: List[np.ndarray], rn
         pos = [(s, p) for s, p in appearances(q.identity, "test") if s.name != qs.name]
         neg = [s for s in test_scenes if s.name != qs.name and all(p.identity != q.identity for p in s.persons)]
         neg = [neg[int(i)] for i in rng.permutation(len(neg))]
-        query = _struct(["imname", "idlocate", "ishard", "idname"],
-                        [(_s(qs.name), _box(qp.box), _num(qp.ishard), _s(f"p{pid_of[q.identity]}"))])
+        query = _struct(
+            ["imname", "idlocate", "ishard", "idname"],
+            [(_s(qs.name), _box(qp.box), _num(qp.ishard), _s(f"p{pid_of[q.identity]}"))],
+        )
         for g in sizes:
             entries = [(s.name, tuple(p.box), p.ishard) for s, p in pos]
-            entries += [(s.name, None, 0) for s in neg[:max(0, g - len(entries))]]
+            entries += [(s.name, None, 0) for s in neg[: max(0, g - len(entries))]]
             truth.galleries[g].append([(n, b) for n, b, _ in entries])
-            gal = _struct(["imname", "idlocate", "ishard"],
-                          [(_s(n), _box(b) if b is not None else np.zeros((1, 0)), _num(h)) for n, b, h in entries])
+            gal = _struct(
+                ["imname", "idlocate", "ishard"],
+                [(_s(n), _box(b) if b is not None else np.zeros((1, 0)), _num(h)) for n, b, h in entries],
+            )
             query_rows[g].append((query, gal))
     for g in sizes:
-        savemat_deterministic(os.path.join(tt, f"TestG{g}.mat"),
-                              {f"TestG{g}": _struct(["Query", "Gallery"], query_rows[g])})
+        savemat_deterministic(
+            os.path.join(tt, f"TestG{g}.mat"), {f"TestG{g}": _struct(["Query", "Gallery"], query_rows[g])}
+        )
 
     # optional subsets (annotation/test/subset): queries whose person is partly hidden (in the query or
     # a gallery image) and queries of low resolution, with their 100-image (else largest) gallery lists
@@ -174,12 +187,16 @@ def write_cuhk_sysu(root: str, truth: SynthPSTruth, images: List[np.ndarray], rn
         if qp.occlusion > 0.1 or any(p.occlusion > 0.3 for p in pos):
             occluded.append(k)
     # low resolution: the quarter of the queries with the smallest boxes (at least one), file order
-    by_height = sorted(range(len(truth.queries)),
-                       key=lambda k: (scenes[truth.queries[k].scene].persons[truth.queries[k].person].box[3], k))
-    low_res = sorted(by_height[:max(1, len(by_height) // 4)])
+    by_height = sorted(
+        range(len(truth.queries)),
+        key=lambda k: (scenes[truth.queries[k].scene].persons[truth.queries[k].person].box[3], k),
+    )
+    low_res = sorted(by_height[: max(1, len(by_height) // 4)])
     sub = os.path.join(ann, "test", "subset")
-    for name, fname, key, ks in (("Occlusion", "Occlusion.mat", "Occlusion1", occluded),
-                                 ("Resolution", "Resolution.mat", "Test_Size", low_res)):
+    for name, fname, key, ks in (
+        ("Occlusion", "Occlusion.mat", "Occlusion1", occluded),
+        ("Resolution", "Resolution.mat", "Test_Size", low_res),
+    ):
         if not ks:
             continue
         truth.subsets[name] = (ks, sub_g)
@@ -214,8 +231,10 @@ def write_prw(root: str, truth: SynthPSTruth, images: List[np.ndarray], rng: np.
         write_image(os.path.join(root, "frames", s.name), img)
         rows = np.array([[p.pid if p.pid >= 0 else -2, *p.box] for p in s.persons], dtype=np.float64).reshape(-1, 5)
         savemat_deterministic(os.path.join(root, "annotations", s.name + ".mat"), {"box_new": rows})
-    for split, fname, key in (("train", "frame_train.mat", "img_index_train"),
-                              ("test", "frame_test.mat", "img_index_test")):
+    for split, fname, key in (
+        ("train", "frame_train.mat", "img_index_train"),
+        ("test", "frame_test.mat", "img_index_test"),
+    ):
         names = sorted(s.name[:-4] for s in scenes if s.split == split)
         savemat_deterministic(os.path.join(root, fname), {key: _cell_column([_s(n) for n in names])})
     lines = []

@@ -8,16 +8,23 @@
 - ``upgrad``, ``pcgrad``, ``mgda``, ``imtl_g``, ``aligned_mtl``, ``dualproj``, ``cagrad``
   (:mod:`.aggregation`): gradient aggregation on the shared parameters through torchjd.
 """
-from .base import (WEIGHTING_REGISTRY, LossWeighting, build_loss_weighting, parse_name_values, task_divisors,
-                   weighting_tasks)
-from .fixed import FixedWeighting
-from .uncertainty import GALW, RULWF, ULWF, ULWFGrouped, UncertaintyWeighting, build_weighting_from_lists
-from .slots import SlotWeighting
-from .dwa import DWA
-from .rlw import RLW
-from .famo import FAMO
-from .gradnorm import GradNorm
+
 from .aggregation import AGGREGATORS, AggregationWeighting
+from .base import (
+    WEIGHTING_REGISTRY,
+    LossWeighting,
+    build_loss_weighting,
+    parse_name_values,
+    task_divisors,
+    weighting_tasks,
+)
+from .dwa import DWA
+from .famo import FAMO
+from .fixed import FixedWeighting
+from .gradnorm import GradNorm
+from .rlw import RLW
+from .slots import SlotWeighting
+from .uncertainty import GALW, RULWF, ULWF, ULWFGrouped, UncertaintyWeighting, build_weighting_from_lists
 
 __all__ = [
     "WEIGHTING_REGISTRY",

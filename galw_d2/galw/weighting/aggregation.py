@@ -43,6 +43,7 @@ are summed before aggregation (K = number of groups: one backward pass per group
 grouping applied to aggregation: tasks whose gradients behave alike are not protected from each other,
 conflicts between groups are resolved by the aggregator.
 """
+
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -61,8 +62,10 @@ def _torchjd():
         import torchjd.aggregation as agg
         from torchjd.autojac import backward, jac_to_grad
     except ImportError as e:  # torchjd needs Python >= 3.10
-        raise ImportError(f"gradient-aggregation strategies need torchjd: pip install "
-                          f"'torchjd[quadprog-projector]==0.18.0' (Python >= 3.10) ({e})") from None
+        raise ImportError(
+            f"gradient-aggregation strategies need torchjd: pip install "
+            f"'torchjd[quadprog-projector]==0.18.0' (Python >= 3.10) ({e})"
+        ) from None
     return agg, backward, jac_to_grad
 
 
@@ -86,8 +89,15 @@ def _build(name: str, options: Mapping[str, Any]):
 
 
 #: registered strategy name -> torchjd aggregator class name
-AGGREGATORS = {"upgrad": "UPGrad", "pcgrad": "PCGrad", "mgda": "MGDA", "imtl_g": "IMTLG",
-               "aligned_mtl": "AlignedMTL", "dualproj": "DualProj", "cagrad": "CAGrad"}
+AGGREGATORS = {
+    "upgrad": "UPGrad",
+    "pcgrad": "PCGrad",
+    "mgda": "MGDA",
+    "imtl_g": "IMTLG",
+    "aligned_mtl": "AlignedMTL",
+    "dualproj": "DualProj",
+    "cagrad": "CAGrad",
+}
 
 
 def make_aggregator(name: str, **options):
@@ -112,9 +122,16 @@ class AggregationWeighting(SlotWeighting):
 
     needs_shared_parameters = True
 
-    def __init__(self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *,
-                 aggregator: str, jacobian: str = "rows", shared_params: Sequence[str] = (),
-                 options: Optional[Mapping[str, Any]] = None):
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        groups: Optional[Sequence[Sequence[str]]] = None,
+        *,
+        aggregator: str,
+        jacobian: str = "rows",
+        shared_params: Sequence[str] = (),
+        options: Optional[Mapping[str, Any]] = None,
+    ):
         super().__init__(tasks, groups)
         self.aggregator_name = str(aggregator)
         self.aggregator = make_aggregator(self.aggregator_name, **dict(options or {}))
@@ -128,9 +145,13 @@ class AggregationWeighting(SlotWeighting):
     @classmethod
     def from_config(cls, cfg, tasks=None):
         a = cfg.GALW.AGGREGATION
-        return {**slot_args(cfg, tasks), "aggregator": cls.strategy, "jacobian": str(a.JACOBIAN),
-                "shared_params": list(a.SHARED_PARAMS),
-                "options": {"c": float(a.CAGRAD_C), "scale_mode": str(a.ALIGNED_MTL_SCALE_MODE)}}
+        return {
+            **slot_args(cfg, tasks),
+            "aggregator": cls.strategy,
+            "jacobian": str(a.JACOBIAN),
+            "shared_params": list(a.SHARED_PARAMS),
+            "options": {"c": float(a.CAGRAD_C), "scale_mode": str(a.ALIGNED_MTL_SCALE_MODE)},
+        }
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
         idx, vals = self.slot_losses(losses)
@@ -185,8 +206,7 @@ class AggregationWeighting(SlotWeighting):
 
 
 def _register(strategy: str, cls_name: str, doc: str):
-    cls = type(cls_name, (AggregationWeighting,), {"strategy": strategy, "__doc__": doc,
-                                                   "__module__": __name__})
+    cls = type(cls_name, (AggregationWeighting,), {"strategy": strategy, "__doc__": doc, "__module__": __name__})
     WEIGHTING_REGISTRY.register(strategy)(cls)
     return cls
 
@@ -195,10 +215,19 @@ UPGradWeighting = _register("upgrad", "UPGradWeighting", "UPGrad (Quinton & Rey 
 PCGradWeighting = _register("pcgrad", "PCGradWeighting", "PCGrad (Yu et al., NeurIPS 2020) through torchjd.")
 MGDAWeighting = _register("mgda", "MGDAWeighting", "MGDA (Sener & Koltun, NeurIPS 2018) through torchjd.")
 IMTLGWeighting = _register("imtl_g", "IMTLGWeighting", "IMTL-G (Liu et al., ICLR 2021) through torchjd.")
-AlignedMTLWeighting = _register("aligned_mtl", "AlignedMTLWeighting",
-                                "Aligned-MTL (Senushkin et al., CVPR 2023) through torchjd.")
+AlignedMTLWeighting = _register(
+    "aligned_mtl", "AlignedMTLWeighting", "Aligned-MTL (Senushkin et al., CVPR 2023) through torchjd."
+)
 DualProjWeighting = _register("dualproj", "DualProjWeighting", "DualProj (Quinton & Rey 2024) through torchjd.")
-CAGradWeighting = _register("cagrad", "CAGradWeighting",
-                            "CAGrad (Liu et al., NeurIPS 2021) through torchjd (needs cvxpy, clarabel).")
-__all__ += ["UPGradWeighting", "PCGradWeighting", "MGDAWeighting", "IMTLGWeighting", "AlignedMTLWeighting",
-            "DualProjWeighting", "CAGradWeighting"]
+CAGradWeighting = _register(
+    "cagrad", "CAGradWeighting", "CAGrad (Liu et al., NeurIPS 2021) through torchjd (needs cvxpy, clarabel)."
+)
+__all__ += [
+    "UPGradWeighting",
+    "PCGradWeighting",
+    "MGDAWeighting",
+    "IMTLGWeighting",
+    "AlignedMTLWeighting",
+    "DualProjWeighting",
+    "CAGradWeighting",
+]

@@ -27,6 +27,7 @@ set ``needs_shared_parameters = True``; :class:`galw_d2.engine.GALWTrainer` then
 :meth:`LossWeighting.bind_shared_parameters` once with the parameters matched by
 ``shared_param_patterns`` (or ``GALW.RECORD.SHARED_PARAMS`` when that is empty).
 """
+
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch

@@ -15,6 +15,7 @@ run was resumed. The running sums and the last two epoch averages are buffers: c
 With ``GALW.GROUPS``, k runs over the groups (``L_g = sum_{i in g} L_i``, K = number of groups): the
 weight of a group follows the descent rate of its summed loss. Cost: none (loss values only).
 """
+
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -36,8 +37,10 @@ def dwa_epoch_iters(cfg) -> int:
     from ...data.catalog import epoch_iters_from_cfg
 
     if "DATASETS" not in cfg:
-        raise ValueError("DWA needs an epoch length: set GALW.DWA.EPOCH_ITERS (or GALW.RECORD.EPOCH_ITERS); this "
-                         "config has no DATASETS.TRAIN to derive it from")
+        raise ValueError(
+            "DWA needs an epoch length: set GALW.DWA.EPOCH_ITERS (or GALW.RECORD.EPOCH_ITERS); this "
+            "config has no DATASETS.TRAIN to derive it from"
+        )
     return epoch_iters_from_cfg(cfg)
 
 
@@ -57,8 +60,14 @@ class DWA(SlotWeighting):
     ``epochs_done`` () completed epochs.
     """
 
-    def __init__(self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *,
-                 temperature: float = 2.0, epoch_iters: int):
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        groups: Optional[Sequence[Sequence[str]]] = None,
+        *,
+        temperature: float = 2.0,
+        epoch_iters: int,
+    ):
         super().__init__(tasks, groups)
         if not float(temperature) > 0:
             raise ValueError(f"GALW.DWA.TEMPERATURE must be > 0, got {temperature}")
@@ -75,8 +84,11 @@ class DWA(SlotWeighting):
 
     @classmethod
     def from_config(cls, cfg, tasks=None):
-        return {**slot_args(cfg, tasks), "temperature": float(cfg.GALW.DWA.TEMPERATURE),
-                "epoch_iters": dwa_epoch_iters(cfg)}
+        return {
+            **slot_args(cfg, tasks),
+            "temperature": float(cfg.GALW.DWA.TEMPERATURE),
+            "epoch_iters": dwa_epoch_iters(cfg),
+        }
 
     def slot_weights(self) -> torch.Tensor:
         """(S,) float64 weights of the current epoch: ones in the first two epochs, else Eq. 1. A slot
@@ -85,8 +97,11 @@ class DWA(SlotWeighting):
         if int(self.epochs_done) < 2:
             return torch.ones(s, dtype=torch.float64, device=self.prev_avg.device)
         ok = self.prev_present.all(dim=0) & (self.prev_avg[0] > 0)
-        r = torch.where(ok, self.prev_avg[1] / torch.where(ok, self.prev_avg[0], torch.ones_like(self.prev_avg[0])),
-                        torch.ones_like(self.prev_avg[0]))
+        r = torch.where(
+            ok,
+            self.prev_avg[1] / torch.where(ok, self.prev_avg[0], torch.ones_like(self.prev_avg[0])),
+            torch.ones_like(self.prev_avg[0]),
+        )
         return s * torch.softmax(r / self.temperature, dim=0)
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:

@@ -29,6 +29,7 @@ ROI-AlignPS* tiny, weight 0.994 after 6 steps): set its ``b_i`` below its minimu
 (``GALW.FAMO.MIN_LOSSES: ["loss_triplet=-0.1"]``) or put it in a group with other tasks. With
 ``GALW.GROUPS`` one logit per group (``L_g = sum_{i in g} L_i``). Cost: O(K) scalars per step.
 """
+
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -55,10 +56,18 @@ class FAMO(SlotWeighting):
     ``prev_log_d`` (S,) log D of the previous step, ``prev_valid`` (S,) bool (slots with a pending update).
     """
 
-    def __init__(self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *,
-                 lr: float = 0.025, gamma: float = 0.001, eps: float = 1e-8,
-                 min_losses: Optional[Mapping[str, float]] = None,
-                 betas: Tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8):
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        groups: Optional[Sequence[Sequence[str]]] = None,
+        *,
+        lr: float = 0.025,
+        gamma: float = 0.001,
+        eps: float = 1e-8,
+        min_losses: Optional[Mapping[str, float]] = None,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+    ):
         super().__init__(tasks, groups)
         if float(lr) < 0 or float(gamma) < 0 or not float(eps) > 0:
             raise ValueError(f"GALW.FAMO: need LR >= 0, GAMMA >= 0, EPS > 0; got {lr}, {gamma}, {eps}")
@@ -84,19 +93,29 @@ class FAMO(SlotWeighting):
     @classmethod
     def from_config(cls, cfg, tasks=None):
         f = cfg.GALW.FAMO
-        return {**slot_args(cfg, tasks), "lr": float(f.LR), "gamma": float(f.GAMMA), "eps": float(f.EPS),
-                "min_losses": parse_name_values(f.MIN_LOSSES, "GALW.FAMO.MIN_LOSSES", float)}
+        return {
+            **slot_args(cfg, tasks),
+            "lr": float(f.LR),
+            "gamma": float(f.GAMMA),
+            "eps": float(f.EPS),
+            "min_losses": parse_name_values(f.MIN_LOSSES, "GALW.FAMO.MIN_LOSSES", float),
+        }
 
     # ------------------------------------------------------------------ pieces
     def log_d(self, idx, vals) -> torch.Tensor:
         """(len(idx),) ``log(L_g - b_g + eps)``; ``ValueError`` naming a slot whose loss is <= b - eps."""
         v = torch.stack([x.float() for x in vals])
         d = v - self.min_loss[idx].to(v.device) + self.eps
-        bad = [(self.groups[g], float(x)) for g, x in zip(idx, v.detach().tolist())
-               if not x - float(self.min_loss[g]) + self.eps > 0]
+        bad = [
+            (self.groups[g], float(x))
+            for g, x in zip(idx, v.detach().tolist())
+            if not x - float(self.min_loss[g]) + self.eps > 0
+        ]
         if bad:
-            raise ValueError(f"FAMO takes log(L - b): loss(es) {bad} are not above their lower bound b "
-                             f"(GALW.FAMO.MIN_LOSSES, default 0); set b below the loss's minimum")
+            raise ValueError(
+                f"FAMO takes log(L - b): loss(es) {bad} are not above their lower bound b "
+                f"(GALW.FAMO.MIN_LOSSES, default 0); set b below the loss's minimum"
+            )
         return torch.log(d)
 
     @torch.no_grad()
@@ -114,8 +133,8 @@ class FAMO(SlotWeighting):
         t = int(self.adam_step)
         self.adam_m.mul_(b1).add_(grad, alpha=1 - b1)
         self.adam_v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.adam_m / (1 - b1 ** t)
-        v_hat = self.adam_v / (1 - b2 ** t)
+        m_hat = self.adam_m / (1 - b1**t)
+        v_hat = self.adam_v / (1 - b2**t)
         xi.sub_(self.lr * m_hat / (v_hat.sqrt() + self.adam_eps))
 
     # ------------------------------------------------------------------ the method

@@ -1,4 +1,5 @@
 """Fixed per-task weights (the baseline of the paper's Tables 1-7): ``total = sum_i w_i L_i``."""
+
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -21,8 +22,12 @@ class FixedWeighting(LossWeighting):
     ``table1``, Table 1's best ROI-AlignPS* row) and ``GALW.FIXED_WEIGHTS`` ``"name=weight"`` overrides.
     """
 
-    def __init__(self, weights: Optional[Mapping[str, float]] = None, default_weight: float = 1.0,
-                 tasks: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        weights: Optional[Mapping[str, float]] = None,
+        default_weight: float = 1.0,
+        tasks: Optional[Sequence[str]] = None,
+    ):
         self_weights = {k: float(v) for k, v in (weights or {}).items()}
         super().__init__(list(tasks) if tasks else list(self_weights))
         self.weights = self_weights

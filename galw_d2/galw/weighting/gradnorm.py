@@ -27,6 +27,7 @@ tools/method_cost.py on ROI-AlignPS* tiny, 10 tasks, W = res2..res4, CPU: 2.6-2.
 With ``GALW.GROUPS`` one weight per group and ``G_g = w_g ||grad_W sum_{i in g} L_i||``, T = number of
 groups (GALW's grouping of a gradient-magnitude method: tasks whose gradients change alike share w).
 """
+
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -54,8 +55,15 @@ class GradNorm(SlotWeighting):
 
     needs_shared_parameters = True
 
-    def __init__(self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *,
-                 alpha: float = 1.5, shared_params: Sequence[str] = (), min_weight: float = 0.0):
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        groups: Optional[Sequence[Sequence[str]]] = None,
+        *,
+        alpha: float = 1.5,
+        shared_params: Sequence[str] = (),
+        min_weight: float = 0.0,
+    ):
         super().__init__(tasks, groups)
         if not float(alpha) >= 0:
             raise ValueError(f"GALW.GRADNORM.ALPHA must be >= 0, got {alpha}")
@@ -72,9 +80,12 @@ class GradNorm(SlotWeighting):
 
     @classmethod
     def from_config(cls, cfg, tasks=None):
-        return {**slot_args(cfg, tasks), "alpha": float(cfg.GALW.GRADNORM.ALPHA),
-                "shared_params": list(cfg.GALW.GRADNORM.SHARED_PARAMS),
-                "min_weight": float(cfg.GALW.GRADNORM.MIN_WEIGHT)}
+        return {
+            **slot_args(cfg, tasks),
+            "alpha": float(cfg.GALW.GRADNORM.ALPHA),
+            "shared_params": list(cfg.GALW.GRADNORM.SHARED_PARAMS),
+            "min_weight": float(cfg.GALW.GRADNORM.MIN_WEIGHT),
+        }
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
         idx, vals = self.slot_losses(losses)
@@ -120,7 +131,7 @@ class GradNorm(SlotWeighting):
         for v in vals:  # ||grad_W L_g||, before the main backward frees the graph
             grads = torch.autograd.grad(v, shared, retain_graph=True, allow_unused=True)
             sq = sum(float(gr.detach().float().pow(2).sum()) for gr in grads if gr is not None)
-            norms.append(sq ** 0.5)
+            norms.append(sq**0.5)
         total.backward()  # the model: grad of sum_i w_i L_i
         gw = self.gradnorm_grad(idx, torch.tensor(norms), torch.tensor([float(v.detach()) for v in vals]))
         self.weight.grad = gw.to(self.weight.device)  # replaces d total / d w = L_i

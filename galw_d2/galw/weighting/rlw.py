@@ -12,6 +12,7 @@ then moved to the losses' device, so a seed gives the same weights on CPU and GP
 
 With ``GALW.GROUPS`` one random weight per group (``L_g = sum_{i in g} L_i``). Cost: none.
 """
+
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -31,15 +32,17 @@ class RLW(SlotWeighting):
         weight_sum: the weights sum to this (the paper: 1).
     """
 
-    def __init__(self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *,
-                 weight_sum: float = 1.0):
+    def __init__(
+        self, tasks: Sequence[str], groups: Optional[Sequence[Sequence[str]]] = None, *, weight_sum: float = 1.0
+    ):
         super().__init__(tasks, groups)
         if not float(weight_sum) > 0:
             raise ValueError(f"GALW.RLW.WEIGHT_SUM must be > 0, got {weight_sum}")
         self.weight_sum = float(weight_sum)
         # the weights of the last forward (for effective_weights / the weighted probe); not saved
-        self.register_buffer("last_weights", torch.full((self.num_slots,), self.weight_sum / self.num_slots),
-                             persistent=False)
+        self.register_buffer(
+            "last_weights", torch.full((self.num_slots,), self.weight_sum / self.num_slots), persistent=False
+        )
 
     @classmethod
     def from_config(cls, cfg, tasks=None):

@@ -9,6 +9,7 @@ uncertainty weighting, not to these methods.
 
 A slot none of whose tasks is in a step's loss dict is left out of that step (no weight, no row).
 """
+
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -26,11 +27,15 @@ def slot_args(cfg, tasks: Optional[Sequence[str]] = None) -> dict:
 
 def require_single_process(name: str) -> None:
     """Methods that fill ``.grad`` themselves bypass DDP's gradient all-reduce: refuse world size > 1."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
         raise NotImplementedError(
             f"{name} computes its own gradients (per-task backward passes), which DistributedDataParallel does "
-            "not all-reduce; train it in a single process")
+            "not all-reduce; train it in a single process"
+        )
 
 
 class SlotWeighting(LossWeighting):
@@ -100,7 +105,8 @@ class SlotWeighting(LossWeighting):
         if self._shared is None:
             raise RuntimeError(
                 f"{type(self).__name__} needs the shared parameters: call bind_shared_parameters(params) "
-                "(GALWTrainer does, with GALW.RECORD.SHARED_PARAMS or the method's own SHARED_PARAMS key)")
+                "(GALWTrainer does, with GALW.RECORD.SHARED_PARAMS or the method's own SHARED_PARAMS key)"
+            )
         return self._shared
 
     def extra_repr(self) -> str:

@@ -18,6 +18,7 @@ with ``find_unused_parameters=False`` needs that) but is not moved.
 ``forward`` returns ``(total, info)`` where ``info`` holds detached per-task/per-slot sigma and
 effective weights for logging (never put them into the loss dict).
 """
+
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,8 +26,7 @@ import torch
 from torch import nn
 
 from ...tasks import TASK_KIND_K
-from .base import (WEIGHTING_REGISTRY, LossWeighting, build_loss_weighting, check_groups, task_divisors,
-                   weighting_tasks)
+from .base import WEIGHTING_REGISTRY, LossWeighting, build_loss_weighting, check_groups, task_divisors, weighting_tasks
 
 __all__ = ["UncertaintyWeighting", "ULWF", "RULWF", "GALW", "ULWFGrouped", "build_weighting_from_lists"]
 
@@ -191,8 +191,15 @@ def _uncertainty_args(cfg, tasks: Optional[Sequence[str]], lam: float, grouped: 
     online = bool(g.ONLINE_REGROUP.ENABLED)
     if online and grouped:
         raise ValueError(f"GALW.ONLINE_REGROUP needs GALW.STRATEGY ulwf or rulwf (start per task), got '{name}'")
-    return {"tasks": tasks, "k": task_divisors(cfg, tasks), "groups": groups, "lam": lam,
-            "init_log_sigma": float(g.INIT_LOG_SIGMA), "clamp": clamp, "num_slots": len(tasks) if online else None}
+    return {
+        "tasks": tasks,
+        "k": task_divisors(cfg, tasks),
+        "groups": groups,
+        "lam": lam,
+        "init_log_sigma": float(g.INIT_LOG_SIGMA),
+        "clamp": clamp,
+        "num_slots": len(tasks) if online else None,
+    }
 
 
 @WEIGHTING_REGISTRY.register("ulwf")

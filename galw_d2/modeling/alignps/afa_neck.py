@@ -8,6 +8,7 @@ Differences to an FPN, each for the re-id feature's sake (SPEC §1):
 Only P3 (stride 8) gets targets and is used at test time, so only P3's output conv exists (the original
 also built P4/P5 output convs whose outputs received only background targets; we drop them).
 """
+
 from typing import List
 
 import torch
@@ -30,13 +31,20 @@ class AFANeck(nn.Module):
         modulated: DCNv2 instead of DCNv1 (the original neck used DCNv1).
     """
 
-    def __init__(self, in_channels: List[int], lateral_channels: int, out_channels: int,
-                 deformable: bool = True, modulated: bool = False):
+    def __init__(
+        self,
+        in_channels: List[int],
+        lateral_channels: int,
+        out_channels: int,
+        deformable: bool = True,
+        modulated: bool = False,
+    ):
         super().__init__()
         if len(in_channels) < 1:
             raise ValueError("AFANeck: need at least one input level")
         self.lateral_convs = nn.ModuleList(
-            [make_conv3x3(c, lateral_channels, deformable, modulated) for c in in_channels])
+            [make_conv3x3(c, lateral_channels, deformable, modulated) for c in in_channels]
+        )
         # Concatenation of all L laterals ends at the finest level.
         self.output_conv = make_conv3x3(len(in_channels) * lateral_channels, out_channels, deformable, modulated)
         self.out_channels = out_channels

@@ -3,7 +3,8 @@
 Meta-architectures (AlignPS-only, ROI-AlignPS*) call :class:`AlignPSBranch` with the backbone's
 res3..res5 features; the contract is written in docs/DESIGN.md (Models > AlignPS branch).
 """
-from typing import Dict, List, Optional, Tuple
+
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +33,51 @@ class AlignPSBranch(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, in_features: List[str], in_channels: List[int], stride: int, lateral_channels: int,
-                 embed_dim: int, neck_deformable: bool, neck_modulated: bool, head_conv_dim: int, num_convs: int,
-                 norm_groups: int, head_deformable_last: bool, head_modulated: bool, prior_prob: float,
-                 center_sampling_radius: float, focal_alpha: float, focal_gamma: float, num_pids: int,
-                 oim_queue_size: int, oim_momentum: float, oim_scale: float, oim_focal_gamma: float,
-                 triplet_margin: float, score_thresh: float, topk_candidates: int, nms_thresh: float,
-                 detections_per_image: int):
+    def __init__(
+        self,
+        *,
+        in_features: List[str],
+        in_channels: List[int],
+        stride: int,
+        lateral_channels: int,
+        embed_dim: int,
+        neck_deformable: bool,
+        neck_modulated: bool,
+        head_conv_dim: int,
+        num_convs: int,
+        norm_groups: int,
+        head_deformable_last: bool,
+        head_modulated: bool,
+        prior_prob: float,
+        center_sampling_radius: float,
+        focal_alpha: float,
+        focal_gamma: float,
+        num_pids: int,
+        oim_queue_size: int,
+        oim_momentum: float,
+        oim_scale: float,
+        oim_focal_gamma: float,
+        triplet_margin: float,
+        score_thresh: float,
+        topk_candidates: int,
+        nms_thresh: float,
+        detections_per_image: int,
+    ):
         """See :func:`galw_d2.config.add_alignps_config` for the meaning of each argument."""
         super().__init__()
         self.in_features = list(in_features)
         self.stride = int(stride)
         self.neck = AFANeck(in_channels, lateral_channels, embed_dim, neck_deformable, neck_modulated)
-        self.head = FCOSHead(embed_dim, head_conv_dim, num_convs, norm_groups, self.stride, head_deformable_last,
-                             head_modulated, prior_prob)
+        self.head = FCOSHead(
+            embed_dim,
+            head_conv_dim,
+            num_convs,
+            norm_groups,
+            self.stride,
+            head_deformable_last,
+            head_modulated,
+            prior_prob,
+        )
         self.memory = OIMMemory(num_pids, oim_queue_size, embed_dim, oim_momentum)
         self.center_sampling_radius = center_sampling_radius
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -60,16 +92,22 @@ class AlignPSBranch(nn.Module):
         in_features = list(a.IN_FEATURES)
         missing = [f for f in in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.ALIGNPS.IN_FEATURES={in_features}: backbone has no {missing} "
-                             f"(it outputs {sorted(input_shape)}); set MODEL.RESNETS.OUT_FEATURES to include them")
+            raise ValueError(
+                f"MODEL.ALIGNPS.IN_FEATURES={in_features}: backbone has no {missing} "
+                f"(it outputs {sorted(input_shape)}); set MODEL.RESNETS.OUT_FEATURES to include them"
+            )
         strides = [input_shape[f].stride for f in in_features]
         if any(strides[i + 1] != 2 * strides[i] for i in range(len(strides) - 1)):
-            raise ValueError(f"MODEL.ALIGNPS.IN_FEATURES={in_features} must be finest first with strides doubling, "
-                             f"got strides {strides}")
+            raise ValueError(
+                f"MODEL.ALIGNPS.IN_FEATURES={in_features} must be finest first with strides doubling, "
+                f"got strides {strides}"
+            )
         num_pids = int(cfg.MODEL.PERSON_SEARCH.NUM_PIDS)
         if num_pids <= 0:
-            raise ValueError(f"MODEL.PERSON_SEARCH.NUM_PIDS must be > 0 when the AlignPS branch is built "
-                             f"(rows of its OIM table), got {num_pids}")
+            raise ValueError(
+                f"MODEL.PERSON_SEARCH.NUM_PIDS must be > 0 when the AlignPS branch is built "
+                f"(rows of its OIM table), got {num_pids}"
+            )
         return {
             "in_features": in_features,
             "in_channels": [input_shape[f].channels for f in in_features],
@@ -100,8 +138,13 @@ class AlignPSBranch(nn.Module):
         }
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: ImageList, features: Dict[str, torch.Tensor],
-                gt_instances: Optional[List[Instances]] = None, embed_boxes: Optional[List[torch.Tensor]] = None):
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+        embed_boxes: Optional[List[torch.Tensor]] = None,
+    ):
         """Args:
             images: the padded network input (only ``image_sizes`` and the batch size are used).
             features: backbone maps, at least ``in_features`` (res3, res4, res5).
@@ -154,13 +197,19 @@ class AlignPSBranch(nn.Module):
         feat_flat = p3.permute(0, 2, 3, 1).reshape(-1, D)
 
         # Focal loss over every location, normalised by the number of positives (FCOS; >= 1).
-        loss_cls = sigmoid_focal_loss(cls_flat, pos.to(cls_flat.dtype), alpha=self.focal_alpha,
-                                      gamma=self.focal_gamma, reduction="sum") / max(num_pos, 1)
+        loss_cls = sigmoid_focal_loss(
+            cls_flat, pos.to(cls_flat.dtype), alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        ) / max(num_pos, 1)
         if num_pos == 0:
             zero = box_flat.sum() * 0.0 + ctr_flat.sum() * 0.0
             feat_zero = feat_flat.sum() * 0.0
-            return {"loss_fcos_cls": loss_cls, "loss_fcos_giou": zero, "loss_fcos_ctr": zero.clone(),
-                    "loss_fcos_oim": feat_zero, "loss_triplet": feat_zero.clone()}
+            return {
+                "loss_fcos_cls": loss_cls,
+                "loss_fcos_giou": zero,
+                "loss_fcos_ctr": zero.clone(),
+                "loss_fcos_oim": feat_zero,
+                "loss_triplet": feat_zero.clone(),
+            }
 
         pts = points.repeat(N, 1)[pos]
         reg_pos = reg_t[pos]
@@ -181,8 +230,13 @@ class AlignPSBranch(nn.Module):
         loss_tri = triplet_with_table_rows(feats, pos_pids, self.memory.lut, self.triplet_margin)
         # Table/queue updates are applied after the optimizer step, never inside backward (SPEC §1).
         self.memory.queue_update(feats.detach(), pos_pids)
-        return {"loss_fcos_cls": loss_cls, "loss_fcos_giou": loss_giou, "loss_fcos_ctr": loss_ctr,
-                "loss_fcos_oim": loss_oim, "loss_triplet": loss_tri}
+        return {
+            "loss_fcos_cls": loss_cls,
+            "loss_fcos_giou": loss_giou,
+            "loss_fcos_ctr": loss_ctr,
+            "loss_fcos_oim": loss_oim,
+            "loss_triplet": loss_tri,
+        }
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -245,6 +299,6 @@ class AlignPSBranch(nn.Module):
             v = ((b[:, 1] + b[:, 3]) / 2 - self.stride // 2) / self.stride
             # grid_sample with align_corners=False: cell j's centre is at (2j + 1) / W - 1.
             grid = torch.stack([(2 * u + 1) / W - 1, (2 * v + 1) / H - 1], dim=1).view(1, 1, -1, 2)
-            f = F.grid_sample(p3[i: i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            f = F.grid_sample(p3[i : i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
             out.append(F.normalize(f.view(D, -1).t(), dim=1))
         return out

@@ -26,6 +26,7 @@ It is used for CPU tensors when :data:`FAST_CPU_DEFORM_CONV` is true (or ``Defor
 CUDA tensors always use torchvision's op (fast there), which also stays the reference in the tests.
 Micro-benchmark: ``tools/benchmark_deform_conv.py``.
 """
+
 import math
 from typing import Optional, Tuple, Union
 
@@ -40,7 +41,7 @@ __all__ = ["DeformConv", "make_conv3x3", "deform_conv2d_cpu_fast", "FAST_CPU_DEF
 FAST_CPU_DEFORM_CONV = True
 # Upper bound (bytes) on the fast path's per-chunk table, N*(H+2)*(W+2)*K*co floats for a chunk of co output
 # channels (at least one channel per chunk).
-FAST_CPU_CHUNK_BYTES = 256 * 2 ** 20
+FAST_CPU_CHUNK_BYTES = 256 * 2**20
 
 _Pair = Union[int, Tuple[int, int]]
 
@@ -49,10 +50,17 @@ def _pair(v: _Pair) -> Tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def deform_conv2d_cpu_fast(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
-                           bias: Optional[torch.Tensor] = None, stride: _Pair = 1, padding: _Pair = 0,
-                           dilation: _Pair = 1, mask: Optional[torch.Tensor] = None,
-                           max_chunk_bytes: Optional[int] = None) -> torch.Tensor:
+def deform_conv2d_cpu_fast(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: _Pair = 1,
+    padding: _Pair = 0,
+    dilation: _Pair = 1,
+    mask: Optional[torch.Tensor] = None,
+    max_chunk_bytes: Optional[int] = None,
+) -> torch.Tensor:
     """Same function as ``torchvision.ops.deform_conv2d`` (one weight group, one offset group).
 
     Sampling follows torchvision: tap k = i * kw + j of output pixel (oy, ox) reads the input at
@@ -79,8 +87,10 @@ def deform_conv2d_cpu_fast(x: torch.Tensor, offset: torch.Tensor, weight: torch.
     if c_w != c:
         raise ValueError(f"deform_conv2d_cpu_fast: weight has {c_w} input channels, x has {c} (groups unsupported)")
     if tuple(offset.shape) != (n, 2 * kk, ho, wo):
-        raise ValueError(f"deform_conv2d_cpu_fast: offset shape {tuple(offset.shape)}, expected {(n, 2 * kk, ho, wo)} "
-                         "(one offset group)")
+        raise ValueError(
+            f"deform_conv2d_cpu_fast: offset shape {tuple(offset.shape)}, expected {(n, 2 * kk, ho, wo)} "
+            "(one offset group)"
+        )
     if mask is not None and tuple(mask.shape) != (n, kk, ho, wo):
         raise ValueError(f"deform_conv2d_cpu_fast: mask shape {tuple(mask.shape)}, expected {(n, kk, ho, wo)}")
     dev, dt = x.device, x.dtype
@@ -136,9 +146,18 @@ class DeformConv(nn.Module):
             follow the module switch :data:`FAST_CPU_DEFORM_CONV` at call time (None, the default).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, dilation: int = 1, bias: bool = True, modulated: bool = False,
-                 fast_cpu: Optional[bool] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        bias: bool = True,
+        modulated: bool = False,
+        fast_cpu: Optional[bool] = None,
+    ):
         super().__init__()
         self.fast_cpu = fast_cpu
         self.in_channels = in_channels
@@ -152,8 +171,15 @@ class DeformConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         # Offsets: (dy, dx) per kernel tap; DCNv2 adds one mask logit per tap.
-        self.offset_conv = nn.Conv2d(in_channels, (3 if modulated else 2) * kk, kernel_size, stride=stride,
-                                     padding=padding, dilation=dilation, bias=True)
+        self.offset_conv = nn.Conv2d(
+            in_channels,
+            (3 if modulated else 2) * kk,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=True,
+        )
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default init
         nn.init.zeros_(self.offset_conv.weight)
         nn.init.zeros_(self.offset_conv.bias)
@@ -164,24 +190,42 @@ class DeformConv(nn.Module):
         kk = self.kernel_size * self.kernel_size
         mask: Optional[torch.Tensor] = None
         if self.modulated:
-            offset, mask = out[:, : 2 * kk], 2.0 * torch.sigmoid(out[:, 2 * kk:])
+            offset, mask = out[:, : 2 * kk], 2.0 * torch.sigmoid(out[:, 2 * kk :])
         else:
             offset = out
         fast = FAST_CPU_DEFORM_CONV if self.fast_cpu is None else self.fast_cpu
         if fast and x.device.type == "cpu":
-            return deform_conv2d_cpu_fast(x, offset, self.weight, self.bias, stride=self.stride,
-                                          padding=self.padding, dilation=self.dilation, mask=mask)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=(self.stride, self.stride),
-                             padding=(self.padding, self.padding), dilation=(self.dilation, self.dilation),
-                             mask=mask)
+            return deform_conv2d_cpu_fast(
+                x,
+                offset,
+                self.weight,
+                self.bias,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                mask=mask,
+            )
+        return deform_conv2d(
+            x,
+            offset,
+            self.weight,
+            self.bias,
+            stride=(self.stride, self.stride),
+            padding=(self.padding, self.padding),
+            dilation=(self.dilation, self.dilation),
+            mask=mask,
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, modulated={self.modulated}, fast_cpu={self.fast_cpu}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, modulated={self.modulated}, fast_cpu={self.fast_cpu}"
+        )
 
 
-def make_conv3x3(in_channels: int, out_channels: int, deformable: bool, modulated: bool = False,
-                 bias: bool = True) -> nn.Module:
+def make_conv3x3(
+    in_channels: int, out_channels: int, deformable: bool, modulated: bool = False, bias: bool = True
+) -> nn.Module:
     """A 3x3 stride-1 conv: :class:`DeformConv` when ``deformable`` else ``nn.Conv2d`` (tiny CPU configs)."""
     if deformable:
         return DeformConv(in_channels, out_channels, 3, padding=1, bias=bias, modulated=modulated)

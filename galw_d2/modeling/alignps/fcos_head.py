@@ -6,6 +6,7 @@ regression tower (FCOS's "centerness on reg" trick); distances = ReLU(conv) x st
 ``norm_on_bbox``). The input is P3 minus its spatial mean (AlignPS: removes the image-level component
 shared by every location, which helps the re-id feature that is read from the same map).
 """
+
 import math
 from typing import Tuple
 
@@ -20,32 +21,45 @@ __all__ = ["FCOSHead"]
 
 class FCOSHead(nn.Module):
     """Args:
-        in_channels: channels of P3.
-        conv_dim: channels of the tower convs (paper 256).
-        num_convs: convs per tower (paper 4).
-        norm_groups: GroupNorm groups (paper 32); must divide ``conv_dim``.
-        stride: stride of the input map (8).
-        deformable_last: make the last conv of each tower deformable (DCNv2 when ``modulated``).
-        modulated: DCNv2 for the deformable tower conv (mmdet's FCOS default).
-        prior_prob: initial foreground probability of the classifier (FCOS/RetinaNet: 0.01).
+    in_channels: channels of P3.
+    conv_dim: channels of the tower convs (paper 256).
+    num_convs: convs per tower (paper 4).
+    norm_groups: GroupNorm groups (paper 32); must divide ``conv_dim``.
+    stride: stride of the input map (8).
+    deformable_last: make the last conv of each tower deformable (DCNv2 when ``modulated``).
+    modulated: DCNv2 for the deformable tower conv (mmdet's FCOS default).
+    prior_prob: initial foreground probability of the classifier (FCOS/RetinaNet: 0.01).
     """
 
-    def __init__(self, in_channels: int, conv_dim: int = 256, num_convs: int = 4, norm_groups: int = 32,
-                 stride: int = 8, deformable_last: bool = True, modulated: bool = True, prior_prob: float = 0.01):
+    def __init__(
+        self,
+        in_channels: int,
+        conv_dim: int = 256,
+        num_convs: int = 4,
+        norm_groups: int = 32,
+        stride: int = 8,
+        deformable_last: bool = True,
+        modulated: bool = True,
+        prior_prob: float = 0.01,
+    ):
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"FCOSHead: MODEL.ALIGNPS.NUM_CONVS must be >= 1, got {num_convs}")
         if conv_dim % norm_groups != 0:
-            raise ValueError(f"FCOSHead: MODEL.ALIGNPS.NORM_GROUPS={norm_groups} must divide "
-                             f"MODEL.ALIGNPS.HEAD_CONV_DIM={conv_dim}")
+            raise ValueError(
+                f"FCOSHead: MODEL.ALIGNPS.NORM_GROUPS={norm_groups} must divide MODEL.ALIGNPS.HEAD_CONV_DIM={conv_dim}"
+            )
         self.stride = stride
 
         def tower() -> nn.Sequential:
             layers = []
             for i in range(num_convs):
                 deform = deformable_last and i == num_convs - 1
-                layers += [make_conv3x3(in_channels if i == 0 else conv_dim, conv_dim, deform, modulated, bias=False),
-                           nn.GroupNorm(norm_groups, conv_dim), nn.ReLU(inplace=True)]
+                layers += [
+                    make_conv3x3(in_channels if i == 0 else conv_dim, conv_dim, deform, modulated, bias=False),
+                    nn.GroupNorm(norm_groups, conv_dim),
+                    nn.ReLU(inplace=True),
+                ]
             return nn.Sequential(*layers)
 
         self.cls_tower = tower()

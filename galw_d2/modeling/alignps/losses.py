@@ -2,6 +2,7 @@
 
 (The focal-OIM loss itself is :func:`galw_d2.modeling.oim.oim_loss` with ``focal_gamma=2``.)
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -50,8 +51,9 @@ def batch_hard_triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: f
     return F.relu(d_ap[valid] - d_an[valid] + margin).mean()
 
 
-def triplet_with_table_rows(feats: torch.Tensor, pids: torch.Tensor, lut: torch.Tensor,
-                            margin: float = 0.3) -> torch.Tensor:
+def triplet_with_table_rows(
+    feats: torch.Tensor, pids: torch.Tensor, lut: torch.Tensor, margin: float = 0.3
+) -> torch.Tensor:
     """AlignPS's triplet: batch-hard over the positive-location features plus the OIM table rows of the
     identities present (SPEC §1), so a person seen once in the batch still has a positive (its row).
 

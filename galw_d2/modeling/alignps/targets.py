@@ -12,6 +12,7 @@ Location p is positive for GT g when (FCOS, Tian et al. 2019, with centre sampli
 A location positive for several GTs takes the one of smallest area (FCOS's ambiguity rule); ties go
 to the lower GT index.
 """
+
 from typing import Tuple
 
 import torch
@@ -31,8 +32,9 @@ def locations(height: int, width: int, stride: int, device=None, dtype=torch.flo
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
 
-def fcos_targets(points: torch.Tensor, gt_boxes: torch.Tensor, stride: int,
-                 radius: float = 1.5) -> Tuple[torch.Tensor, torch.Tensor]:
+def fcos_targets(
+    points: torch.Tensor, gt_boxes: torch.Tensor, stride: int, radius: float = 1.5
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Assign every location to at most one GT box.
 
     Args:
@@ -47,8 +49,7 @@ def fcos_targets(points: torch.Tensor, gt_boxes: torch.Tensor, stride: int,
     """
     P, G = points.shape[0], gt_boxes.shape[0]
     if G == 0:
-        return (torch.full((P,), -1, dtype=torch.long, device=points.device),
-                points.new_zeros((P, 4)))
+        return (torch.full((P,), -1, dtype=torch.long, device=points.device), points.new_zeros((P, 4)))
     gt_boxes = gt_boxes.to(points.dtype)
     xs, ys = points[:, 0:1], points[:, 1:2]  # (P, 1)
     x0, y0, x1, y1 = gt_boxes.unbind(1)  # (G,)

@@ -1,4 +1,5 @@
 """Per-RoI heads of the NAE branch: norm-aware embedding and BN box regression (Chen et al. 2020)."""
+
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -25,8 +26,9 @@ class NormAwareEmbedding(nn.Module):
             BatchNorm1d; OIMNet++: :class:`ProtoNorm1d`, which needs the RoIs' prototype groups in training).
     """
 
-    def __init__(self, in_channels: Dict[str, int], embed_dim: int = 256,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm1d):
+    def __init__(
+        self, in_channels: Dict[str, int], embed_dim: int = 256, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm1d
+    ):
         super().__init__()
         if embed_dim < len(in_channels):
             raise ValueError(f"NormAwareEmbedding: embed_dim={embed_dim} < {len(in_channels)} inputs")
@@ -51,8 +53,9 @@ class NormAwareEmbedding(nn.Module):
         x = lin(x)
         return norm(x, groups) if isinstance(norm, ProtoNorm1d) else norm(x)
 
-    def forward(self, feats: Dict[str, torch.Tensor], groups: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: Dict[str, torch.Tensor], groups: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Args:
             feats: name -> (R, C) pooled features.
             groups: (R,) prototype ids of the RoIs (``prototype_groups``); needed in training with ProtoNorm.

@@ -1,5 +1,6 @@
 """NAE ROI heads on C4: person-search sampling, RoIAlign 14x14 -> res5 -> norm-aware embedding,
 BN box regression and OIM (SPEC §1, NAE branch)."""
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -15,8 +16,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 from torchvision.ops import batched_nms
 
-from ..backbone import build_res5_head
 from ...utils.state import apply_pending_updates
+from ..backbone import build_res5_head
 from ..oim import OIMMemory
 from ..protonorm import BACKGROUND_PID, UNLABELED_PID, prototype_groups
 from ..reid_head import ReIDHead, build_reid_head
@@ -44,10 +45,21 @@ class NAEROIHeads(Res5ROIHeads):
     """
 
     @configurable
-    def __init__(self, *, embedding: NormAwareEmbedding, memory: OIMMemory, oim_scale: float,
-                 box2box_transform: Box2BoxTransform, test_score_thresh: float, test_nms_thresh: float,
-                 test_detections_per_img: int, res4_channels: int, res5_name: str = "res5",
-                 reid_head: Optional[ReIDHead] = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        embedding: NormAwareEmbedding,
+        memory: OIMMemory,
+        oim_scale: float,
+        box2box_transform: Box2BoxTransform,
+        test_score_thresh: float,
+        test_nms_thresh: float,
+        test_detections_per_img: int,
+        res4_channels: int,
+        res5_name: str = "res5",
+        reid_head: Optional[ReIDHead] = None,
+        **kwargs,
+    ):
         """
         Args:
             embedding: the norm-aware embedding head (inputs "res4", "res5").
@@ -77,8 +89,10 @@ class NAEROIHeads(Res5ROIHeads):
         reid_head = reid_head if reid_head is not None else ReIDHead("oim")
         self.reid_head = reid_head
         if reid_head.protonorm != embedding.uses_protonorm:
-            raise ValueError(f"NAEROIHeads: re-id head {reid_head.name!r} (protonorm={reid_head.protonorm}) does not "
-                             f"match the embedding's normalisation (protonorm={embedding.uses_protonorm})")
+            raise ValueError(
+                f"NAEROIHeads: re-id head {reid_head.name!r} (protonorm={reid_head.protonorm}) does not "
+                f"match the embedding's normalisation (protonorm={embedding.uses_protonorm})"
+            )
         if res5_name != "res5":
             block = self.res5
             del self.res5
@@ -89,27 +103,38 @@ class NAEROIHeads(Res5ROIHeads):
         ret = ROIHeads.from_config(cfg)
         if ret["num_classes"] != 1:
             raise ValueError(f"NAEROIHeads: MODEL.ROI_HEADS.NUM_CLASSES must be 1 (person), got {ret['num_classes']}")
-        ret["proposal_matcher"] = Matcher(list(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS), list(cfg.MODEL.ROI_HEADS.IOU_LABELS),
-                                          allow_low_quality_matches=False)
+        ret["proposal_matcher"] = Matcher(
+            list(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS),
+            list(cfg.MODEL.ROI_HEADS.IOU_LABELS),
+            allow_low_quality_matches=False,
+        )
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         if len(in_features) != 1 or in_features[0] not in input_shape:
-            raise ValueError(f"NAEROIHeads: MODEL.ROI_HEADS.IN_FEATURES={in_features} must be one backbone map "
-                             f"(res4); the backbone outputs {sorted(input_shape)}")
+            raise ValueError(
+                f"NAEROIHeads: MODEL.ROI_HEADS.IN_FEATURES={in_features} must be one backbone map "
+                f"(res4); the backbone outputs {sorted(input_shape)}"
+            )
         c4 = input_shape[in_features[0]]
         ret["in_features"] = in_features
-        ret["pooler"] = ROIPooler(output_size=cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION, scales=(1.0 / c4.stride,),
-                                  sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-                                  pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE)
+        ret["pooler"] = ROIPooler(
+            output_size=cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+            scales=(1.0 / c4.stride,),
+            sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+            pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+        )
         ret["res5"], c5 = build_res5_head(cfg, c4.channels)
         ret["box_predictor"] = BNBoxRegressor(c5)
         nae = cfg.MODEL.NAE
         ret["reid_head"] = build_reid_head(cfg)
-        ret["embedding"] = NormAwareEmbedding({"res4": c4.channels, "res5": c5}, nae.EMBED_DIM,
-                                              norm_layer=ret["reid_head"].norm_layer)
+        ret["embedding"] = NormAwareEmbedding(
+            {"res4": c4.channels, "res5": c5}, nae.EMBED_DIM, norm_layer=ret["reid_head"].norm_layer
+        )
         num_pids = int(cfg.MODEL.PERSON_SEARCH.NUM_PIDS)
         if num_pids <= 0:
-            raise ValueError(f"MODEL.PERSON_SEARCH.NUM_PIDS must be > 0 when the NAE ROI heads are built "
-                             f"(rows of its OIM table), got {num_pids}")
+            raise ValueError(
+                f"MODEL.PERSON_SEARCH.NUM_PIDS must be > 0 when the NAE ROI heads are built "
+                f"(rows of its OIM table), got {num_pids}"
+            )
         ret["memory"] = OIMMemory(num_pids, nae.OIM_QUEUE_SIZE, nae.EMBED_DIM, nae.OIM_MOMENTUM)
         ret["oim_scale"] = nae.OIM_SCALE
         stds = [float(s) for s in nae.BBOX_REG_STDS]
@@ -150,12 +175,17 @@ class NAEROIHeads(Res5ROIHeads):
         return list(emb.split([len(b) for b in bxs]))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images, features: Dict[str, torch.Tensor], proposals: List[Instances],
-                targets: Optional[List[Instances]] = None):
+    def forward(
+        self,
+        images,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
         """Returns:
-            training: (sampled proposals (List[Instances], with gt_classes 0 person / 1 background and
-            the matched GT's gt_* fields), raw losses dict). Inference: (detections per image with
-            pred_boxes, scores, pred_classes, embeddings; {}).
+        training: (sampled proposals (List[Instances], with gt_classes 0 person / 1 background and
+        the matched GT's gt_* fields), raw losses dict). Inference: (detections per image with
+        pred_boxes, scores, pred_classes, embeddings; {}).
         """
         if self.training:
             if targets is None:
@@ -168,14 +198,19 @@ class NAEROIHeads(Res5ROIHeads):
             # ProtoNorm: a fg RoI without identity information (-2 on a fg RoI: image without gt_pids)
             # is a prototype of its own, like an unlabeled person.
             fg_no_id = (pids == BACKGROUND_PID) & self._fg_mask(proposals)
-            groups = (prototype_groups(torch.where(fg_no_id, torch.full_like(pids, UNLABELED_PID), pids))
-                      if self.reid_head.protonorm else None)
+            groups = (
+                prototype_groups(torch.where(fg_no_id, torch.full_like(pids, UNLABELED_PID), pids))
+                if self.reid_head.protonorm
+                else None
+            )
             out = self.roi_outputs(features, [p.proposal_boxes for p in proposals], groups)
             return proposals, self.losses(out, proposals, pids)
         return self.inference(features, proposals), {}
 
     def _has_pending(self) -> bool:
-        return any(m.has_pending() for m in self.modules() if m is not self and callable(getattr(m, "has_pending", None)))
+        return any(
+            m.has_pending() for m in self.modules() if m is not self and callable(getattr(m, "has_pending", None))
+        )
 
     def _fg_mask(self, proposals: List[Instances]) -> torch.Tensor:
         gt_classes = cat([p.gt_classes for p in proposals])
@@ -186,13 +221,22 @@ class NAEROIHeads(Res5ROIHeads):
         or a fg RoI of an image without ``gt_pids`` (neither a target nor queued)."""
         gt_classes = cat([p.gt_classes for p in proposals])
         fg = self._fg_mask(proposals)
-        pids = torch.cat([p.gt_pids.long().to(gt_classes.device) if p.has("gt_pids")
-                          else torch.full((len(p),), BACKGROUND_PID, dtype=torch.long, device=gt_classes.device)
-                          for p in proposals])
+        pids = torch.cat(
+            [
+                p.gt_pids.long().to(gt_classes.device)
+                if p.has("gt_pids")
+                else torch.full((len(p),), BACKGROUND_PID, dtype=torch.long, device=gt_classes.device)
+                for p in proposals
+            ]
+        )
         return torch.where(fg, pids, torch.full_like(pids, BACKGROUND_PID))
 
-    def losses(self, out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], proposals: List[Instances],
-               pids: Optional[torch.Tensor] = None):
+    def losses(
+        self,
+        out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        proposals: List[Instances],
+        pids: Optional[torch.Tensor] = None,
+    ):
         emb, logits, deltas = out
         gt_classes = cat([p.gt_classes for p in proposals])
         fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
@@ -223,8 +267,13 @@ class NAEROIHeads(Res5ROIHeads):
         boxes = [p.proposal_boxes for p in proposals]
         emb, logits, deltas = self.roi_outputs(features, boxes)
         results = []
-        for i, (e, s, d) in enumerate(zip(emb.split([len(b) for b in boxes]), logits.sigmoid().split([len(b) for b in boxes]),
-                                         deltas.split([len(b) for b in boxes]))):
+        for i, (e, s, d) in enumerate(
+            zip(
+                emb.split([len(b) for b in boxes]),
+                logits.sigmoid().split([len(b) for b in boxes]),
+                deltas.split([len(b) for b in boxes]),
+            )
+        ):
             pred = Boxes(self.box2box_transform.apply_deltas(d, boxes[i].tensor))
             pred.clip(proposals[i].image_size)
             keep = nonzero_tuple((s > self.test_score_thresh) & pred.nonempty())[0]
