@@ -96,3 +96,33 @@ def test_quick_study_resume_redoes_nothing_finished(quick_study):
     redone = sorted(p for p in after if before.get(p) != after[p])
     assert redone == [str(out / "seed1" / "galw" / "result.json")]
     assert study.main(args + ["--iters", "5"]) == 2  # other settings on the same output folder: refused
+
+
+def test_grouping_sensitivity_tool(tmp_path):
+    """tools/grouping_sensitivity.py on two hand-made trends files: the default row agrees with itself
+    (ARI 1), the half-length variants see only their halves, and the report is written."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import grouping_sensitivity
+
+    curves = {
+        "a": [4.0, 3.0, 2.0, 1.0],
+        "b": [4.0, 3.1, 2.0, 1.1],
+        "c": [1.0, 1.0, 1.0, 1.5],
+        "d": [0.1, 0.2, 0.2, 0.3],
+    }
+    files = []
+    for i in range(2):
+        p = tmp_path / f"trends{i}.json"
+        p.write_text(json.dumps({"tasks": list(curves), "gradient_magnitude": curves, "settings": {}}))
+        files.append(str(p))
+    out = tmp_path / "gs"
+    assert grouping_sensitivity.main(["--trends", *files, "--num-groups", "2", "--output", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads((out.with_suffix(".json")).read_text())["rows"]}
+    default = rows["default (mean_diff, log10, average, G)"]
+    assert (
+        default["ari_to_default"] == 1.0
+        and default["ari_across_seeds"] == 1.0
+        and default["num_groups_found"] == [2, 2]
+    )
+    assert rows["G = 3"]["num_groups_found"] == [3, 3]
+    assert "| log base e |" in out.with_suffix(".md").read_text()
