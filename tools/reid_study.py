@@ -34,6 +34,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from galw_d2.galw.weighting import WEIGHTING_REGISTRY  # noqa: E402
 from galw_d2.galw.workflow import make_groups  # noqa: E402
 from galw_d2.reid.config import REID_TASKS  # noqa: E402
 
@@ -280,8 +281,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.config_file = os.path.abspath(args.config_file)
     for a in args.arms:
-        if a not in ("fixed", "equal", "ulwf", "rulwf", "galw") and parse_partition(a) is None:
-            p.error(f"unknown arm {a!r}")
+        if a not in ("fixed", "equal") and a not in WEIGHTING_REGISTRY and parse_partition(a) is None:
+            p.error(f"unknown arm {a!r}: fixed, equal, galw[...] partitions or a weighting-registry name")
     if "fixed" not in args.arms:
         p.error("the study pairs every arm with 'fixed' (phase 1 is its first seed)")
     os.makedirs(args.results, exist_ok=True)

@@ -48,6 +48,11 @@ def build_engine(cfg, progress: bool = True) -> MancsEngine:
     dm = build_datamanager(cfg)
     set_random_seed(int(cfg.SEED))  # the model init does not depend on what data loading drew
     model = build_mancs_from_config(cfg, dm.num_train_pids)
+    if str(cfg.GALW.STRATEGY).lower() == "dwa" and not (cfg.GALW.DWA.EPOCH_ITERS or cfg.GALW.RECORD.EPOCH_ITERS):
+        cfg = cfg.clone()  # DWA's epoch = one pass over the training data (its paper's definition)
+        cfg.defrost()
+        cfg.GALW.DWA.EPOCH_ITERS = len(dm.train_loader)
+        cfg.freeze()
     weighting = build_reid_weighting(cfg, REID_TASKS)
     optimizer = build_optimizer(cfg, model, weighting)
     scheduler = None
