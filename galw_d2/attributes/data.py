@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from galw_d2.data.datasets.common import mat_str_list
@@ -214,7 +215,6 @@ def samples_to_targets(samples: Sequence[dict]) -> torch.Tensor:
 
 
 def _read_rgb(path: str) -> np.ndarray:
-    from PIL import Image
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path!r} not found")
@@ -223,7 +223,6 @@ def _read_rgb(path: str) -> np.ndarray:
 
 
 def _crop_resize(img: np.ndarray, box, size_hw) -> np.ndarray:
-    from PIL import Image
 
     H, W = img.shape[:2]
     if box is not None:

@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .data import CropDataset, load_attribute_samples, samples_to_targets
 from .losses import positive_ratio
@@ -39,8 +40,6 @@ def predict_samples(
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     if progress:
-        from tqdm import tqdm
-
         loader = tqdm(loader, desc="attributes", unit="batch")
     out = [model.predict(x.to(device)).cpu() for x, _ in loader]
     return torch.cat(out).numpy() if out else np.zeros((0, model.num_attributes), dtype=np.float32)
@@ -99,8 +98,6 @@ def train_and_evaluate(cfg, output_dir: str, progress: bool = True) -> Dict[str,
     t0 = time.time()
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=epochs * len(loader), desc="train attributes", unit="it")
     for ep in range(epochs):
         model.train()

@@ -31,6 +31,7 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 __all__ = [
     "FORMAT",
@@ -176,8 +177,6 @@ def generate_pseudo_labels(
         todo = todo[: max(0, int(max_images))]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(
             total=len(dataset_dicts),
             initial=len(dataset_dicts) - len([n for n in names if n not in done]),

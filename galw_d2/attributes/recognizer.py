@@ -11,6 +11,7 @@ Checkpoint (``save_checkpoint``): a torch file ``{"model": state_dict, "config":
 """
 
 import hashlib
+import inspect
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -232,7 +233,6 @@ def load_recognizer(path: str, map_location="cpu"):
         if not isinstance(obj[field], typ):
             raise ValueError(f"{what} {path}: field '{field}' must be a {typ}, got {type(obj[field]).__name__}")
     cfg = dict(obj["config"])
-    import inspect
 
     known = set(inspect.signature(AttributeRecognizer.__init__).parameters) - {"self", "backbone_weights"}
     unknown = sorted(set(cfg) - known)

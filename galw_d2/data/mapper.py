@@ -16,6 +16,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ class RandomLongSideResize(T.Augmentation):
 
     def __init__(self, lengths: Sequence[int], sample_style: str = "range", interp=None):
         super().__init__()
-        from PIL import Image
 
         lengths = [int(v) for v in lengths]
         if sample_style not in ("range", "choice"):

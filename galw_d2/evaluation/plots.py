@@ -4,6 +4,7 @@ import os
 from typing import Callable, Dict, Mapping, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from .search import score_query
 
@@ -79,7 +80,6 @@ def plot_topk_search(
     Returns:
         path.
     """
-    from PIL import Image
 
     if not len(query_indices):
         raise ValueError("plot_topk_search: no queries given")

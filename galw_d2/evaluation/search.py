@@ -41,6 +41,7 @@ from operator import itemgetter
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from ..protocol import SearchProtocol
 
@@ -461,8 +462,6 @@ def evaluate_search(
     step = int(max(1, min(nq, chunk_bytes // (4 * m))))
     it = range(0, nq, step)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, total=(nq + step - 1) // step, desc="search", unit="chunk")
     for s in it:
         sims_block = qf[s : s + step] @ table.feats.T  # (chunk, M)

@@ -10,6 +10,7 @@ ignored), averaged over the levels (deep supervision). Background RoIs, RoIs of 
 graph-connected 0. At test time :meth:`AttributeBranch.predict` gives probabilities, max over levels.
 """
 
+import os
 from typing import Dict, List
 
 import torch
@@ -38,8 +39,6 @@ def resolve_num_attributes(cfg) -> int:
     meta = MetadataCatalog.get(name)
     names = meta.get("attribute_names", None)
     if names is None and meta.get("root", None):
-        import os
-
         if os.path.isfile(os.path.join(meta.root, "synthps_attributes.json")):
             from galw_d2.attributes.data import load_synthps_attributes
 

@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torchvision.transforms as T
+from PIL import Image
 from torchreid.reid.data import ImageDataManager, register_image_dataset
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
@@ -73,7 +74,6 @@ def export_reid_crops(ps_root: str, output: str, seed: int = 0, min_height: int 
     Returns:
         summary dict (also written to ``output/export_meta.json``).
     """
-    from PIL import Image
 
     from galw_d2.data.datasets import load_prw
 

@@ -7,6 +7,9 @@ Every file is read with ``loadmat(squeeze_me=False, struct_as_record=True)`` and
 :func:`mat_structs`, :func:`mat_str`, :func:`mat_str_list` and :func:`mat_box`, so the loaders see one
 shape of data whatever wrote the file.
 """
+from PIL import Image
+from tqdm import tqdm
+import copy
 import hashlib
 import json
 import logging
@@ -359,13 +362,11 @@ def _disk_cached(d: Optional[str], tag: str, key: str, fn: Callable[[], Any]) ->
 # ----------------------------------------------------------------------------------------------------
 def read_image_sizes(image_dir: str, names: Sequence[str], layout: str) -> Dict[str, tuple]:
     """{name: (height, width)} from the image headers (no decoding), with a progress bar."""
-    from PIL import Image
 
     sizes: Dict[str, tuple] = {}
     missing: List[str] = []
     it = names
     if len(names) > 2000:
-        from tqdm import tqdm
 
         it = tqdm(names, desc=f"reading image sizes in {image_dir}", unit="img")
     for n in it:
@@ -465,7 +466,6 @@ def split_records(index: Dict[str, Any], split: str, dataset: str, root: str,
 
     Raises ValueError naming ``dataset`` for an unknown split.
     """
-    import copy
 
     from detectron2.structures import BoxMode
 

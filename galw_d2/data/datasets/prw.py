@@ -20,6 +20,7 @@ Boxes of non-positive size after the conversion are dropped (counted in a warnin
 remapped to 0..K-1 in ascending order of the original ids (PRW: 482 ids + id 932 -> K = 483);
 gallery / query keep the original ids; unlabeled = -1 everywhere.
 """
+from tqdm import tqdm
 import copy
 import hashlib
 import logging
@@ -139,7 +140,6 @@ def _build_index(root, convention):
         raise DatasetFormatError(f"PRW {root}: {len(overlap)} frame(s) in both frame_train.mat and frame_test.mat, e.g. {sorted(overlap)[:3]}")
     names = frames["train"] + frames["gallery"]
     annos, dropped = {}, 0
-    from tqdm import tqdm
 
     for n in tqdm(names, desc="parsing PRW annotations", disable=len(names) < 2000, unit="file"):
         path = require_file(os.path.join(root, "annotations", n + ".mat"), "PRW annotation", PRW_LAYOUT)

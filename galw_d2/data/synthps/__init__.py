@@ -11,6 +11,7 @@ import shutil
 from typing import Optional, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 from .appearance import ATTRIBUTE_NAMES
 from .generator import PRESETS, Preset, SynthPSTruth, build_scenes
@@ -174,8 +175,6 @@ def render_preview(root: str, path: Optional[str] = None, n: int = 12, cols: int
     path = path or os.path.join(root, "preview.jpg")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.lower().endswith(".png"):  # palette PNG: small enough to commit / show in docs
-        from PIL import Image
-
         Image.fromarray(grid[:, :, ::-1]).quantize(
             colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
         ).save(path, optimize=True)

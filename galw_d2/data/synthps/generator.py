@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from .appearance import ATTRIBUTE_NAMES, Appearance, attributes_of, sample_appearance, sample_identities
 from .render import apply_camera, draw_background, draw_occluder, draw_person, paste, sample_camera
@@ -251,8 +252,6 @@ def build_scenes(preset_name: str, seed: int, progress: bool = False):
     scenes, images = [], []
     it = enumerate(plan)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, total=len(plan), desc="SynthPS scenes", unit="img")
     for k, (split, c, lab) in it:
         rng = np.random.default_rng(scene_seeds[k])
