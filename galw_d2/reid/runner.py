@@ -101,8 +101,9 @@ def _weighting_summary(cfg, engine: MancsEngine) -> dict:
         a = w.assignment.tolist()
         out["sigma"] = {t: float(torch.tensor(s[a[i]]).exp()) for i, t in enumerate(w.tasks)}
         out["weights"] = {t: float(torch.tensor(-2.0 * s[a[i]]).exp()) / float(w.k[i]) for i, t in enumerate(w.tasks)}
-    else:
-        out["weights"] = {t: w.weight(t) for t in REID_TASKS}
+    else:  # any other registered method: the weights it used at the last step (its logging info)
+        last = getattr(engine, "last_step", None) or {}
+        out["weights"] = {t: last.get(f"galw/weight/{t}") for t in REID_TASKS}
     return out
 
 
