@@ -255,7 +255,5 @@ def test_other_registered_methods_train_mancs_through_config_alone(data_root, tm
     assert any(not torch.equal(before[k], v) for k, v in engine.model.state_dict().items())
     from galw_d2.reid.runner import _weighting_summary
 
-    summary = _weighting_summary(
-        engine.cfg if hasattr(engine, "cfg") else _cfg(data_root, tmp_path, "GALW.STRATEGY", strategy), engine
-    )
+    summary = _weighting_summary(_cfg(data_root, tmp_path, "GALW.STRATEGY", strategy), engine)
     assert summary["strategy"] == strategy and set(summary["weights"]) == set(REID_TASKS)
