@@ -175,7 +175,13 @@ class GALWStep(SimpleTrainer):
             self._diverge(msg, cause)
 
     def _nonfinite_state(self, when: str) -> Optional[str]:
-        """The divergence message naming the first non-finite weight or floating buffer, or None."""
+        """The divergence message naming the first non-finite weight or floating buffer, or None.
+
+        Runs every step: one device-to-host sync for the whole model (a stacked flag per tensor); the
+        tensors are searched by name only when something is non-finite."""
+        tensors = [t.detach() for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            return None
         for kind, items in (("weight", self.model.named_parameters()), ("buffer", self.model.named_buffers())):
             for name, t in items:
                 if t.is_floating_point() and not torch.isfinite(t.detach()).all():
