@@ -5,6 +5,7 @@
 RULWF's regulariser lambda |sigma - 1| (lambda = 1) makes sigma = 1 a local minimum whenever L/k < 1
 (one-sided derivatives at log sigma = 0: -2L/k and 2 - 2L/k); this shows where the runs ended.
 """
+import json
 import math
 import sys
 
@@ -15,6 +16,7 @@ from galw_d2.tasks import TASKS
 out = sys.argv[1]
 seeds = [0, 1, 2, 3, 4]
 names = [t.short for t in TASKS[:10]]
+short = {t.name: t.short for t in TASKS}
 print("# Final sigma per task (`python docs/results/study/final_sigma.py output/study`)\n")
 for arm in ("ulwf", "rulwf", "galw", "ulwf_grouped"):
     print(f"## {arm}\n")
@@ -23,5 +25,11 @@ for arm in ("ulwf", "rulwf", "galw", "ulwf_grouped"):
     for s in seeds:
         ck = torch.load(f"{out}/seed{s}/{arm}/model_final.pth", map_location="cpu", weights_only=False)["model"]
         ls, asg = ck["galw_weighting.log_sigma"].tolist(), ck["galw_weighting.assignment"].tolist()
-        print(f"| {s} | " + " | ".join(f"{math.exp(ls[asg[i]]):.3f}" for i in range(len(names))) + " |")
+        # The weighting's task order: GALW.GROUPS flattened for the grouped arms (weighting_tasks()),
+        # the task table's order otherwise; assignment[i] is the slot of the weighting's i-th task.
+        with open(f"{out}/seed{s}/{arm}/result.json") as f:
+            groups = json.load(f).get("groups")
+        order = [short[t] for g in groups for t in g] if groups else names
+        sigma = {order[i]: math.exp(ls[asg[i]]) for i in range(len(order))}
+        print(f"| {s} | " + " | ".join(f"{sigma[n]:.3f}" for n in names) + " |")
     print()
