@@ -76,6 +76,12 @@ def test_quick_study_summary_contract(quick_study):
     mean = lambda arm: np.mean([v["mAP"] for v in s["arms"][arm]["per_seed"].values()])  # noqa: E731
     assert d["mean"] == pytest.approx(mean("galw") - mean("fixed"), abs=1e-9)
     assert "fixed" not in s["arms"]["fixed"]["paired"]
+    # detection per arm: the mean over seeds of each run's detection AP (percent)
+    det = s["arms"]["galw"]["detection"]
+    aps = [
+        100 * json.loads((out / f"seed{sd}" / "galw" / "result.json").read_text())["detection"]["AP"] for sd in (0, 1)
+    ]
+    assert det["AP"]["mean"] == pytest.approx(np.mean(aps)) and 0 <= det["recall"]["mean"] <= 100
     # phase 1 is the fixed arm (recording does not change training), grouped arms use the seed's groups
     r = json.loads((out / "seed0" / "fixed" / "result.json").read_text())
     g = json.loads((out / "seed0" / "galw" / "result.json").read_text())

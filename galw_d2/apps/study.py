@@ -304,6 +304,10 @@ def summarize(output: str, seeds: List[int], arms: List[str], num_boot: int = 20
         }
         for k in ("mAP", "top1"):
             entry[k] = mean_std([v[k] for v in per.values()]) if per else None
+        # Detection (the AlignPS branch at the run's threshold): where a weighting moves the
+        # detector vs the re-id part. Diverged runs have none and are left out here.
+        dets = [r["detection"] for r in res[arm].values() if r.get("detection")]
+        entry["detection"] = {k: mean_std([100 * d[k] for d in dets]) for k in ("AP", "recall")} if dets else None
         for base in BASELINES:
             if base == arm or base not in arms or len(complete) < 1:
                 continue
@@ -381,8 +385,8 @@ def report_markdown(summary: Dict) -> str:
         + ".",
         "",
         "| arm | mAP (%) mean ± std | top-1 (%) mean ± std | Δ mAP vs fixed [95% CI] | Δ mAP vs RULWF [95% CI] "
-        "| wall (s/run) |",
-        "|---|---|---|---|---|---|",
+        "| detection AP / recall (%) | wall (s/run) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def fmt_ms(m):
@@ -392,12 +396,16 @@ def report_markdown(summary: Dict) -> str:
         d = e["paired"].get(base, {}).get("mAP")
         return "-" if not d else f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
 
+    def fmt_det(e):
+        d = e.get("detection")
+        return "-" if not d else f"{d['AP']['mean']:.1f} / {d['recall']['mean']:.1f}"
+
     for arm, e in summary["arms"].items():
         lines.append(
             f"| {arm} | {fmt_ms(e['mAP'])} | {fmt_ms(e['top1'])} | {fmt_d(e, 'fixed')} | {fmt_d(e, 'rulwf')} "
-            f"| {e['wall_s']['mean']:.0f} |"
+            f"| {fmt_det(e)} | {e['wall_s']['mean']:.0f} |"
             if e["wall_s"]
-            else f"| {arm} | - | - | - | - | - |"
+            else f"| {arm} | - | - | - | - | - | - |"
         )
     gs = summary["group_stability"]
     lines += [
