@@ -101,7 +101,29 @@ def test_quick_study_resume_redoes_nothing_finished(quick_study):
     after = {p: os.path.getmtime(p) for p in map(str, out.glob("seed*/*/result.json"))}
     redone = sorted(p for p in after if before.get(p) != after[p])
     assert redone == [str(out / "seed1" / "galw" / "result.json")]
+    # the redone run resumed from its final checkpoint: its wall time covers only the evaluation, so it
+    # is marked and left out of the arm's wall-time statistics (nothing to scale)
+    r = json.loads((out / "seed1" / "galw" / "result.json").read_text())
+    assert r["resumed_at_iter"] == r_iters(out) and r["wall_s_estimated"] is None
+    w = json.loads((out / "summary.json").read_text())["arms"]["galw"]["wall_s"]
+    assert w["num_runs"] == 1 and w["num_estimated"] == 1
     assert study.main(args + ["--iters", "5"]) == 2  # other settings on the same output folder: refused
+
+
+def r_iters(out):
+    return json.loads((out / "study.json").read_text())["iters"]
+
+
+def test_resumed_run_wall_time_is_scaled_to_the_whole_run():
+    from galw_d2.apps.study import _add_full_wall, run_wall_s
+
+    r = {"wall_s": 70.0}  # 60 s training iterations 600..999 of 1000 (resumed at 600), 10 s evaluation
+    _add_full_wall(r, {"start": 600, "end": 1000, "train_s": 60.0})
+    assert r["resumed_at_iter"] == 600 and r["wall_s_estimated"] == pytest.approx(70 + 60 * (1000 / 400 - 1))
+    assert run_wall_s(r) == pytest.approx(160.0)
+    fresh = {"wall_s": 70.0}
+    _add_full_wall(fresh, {})
+    assert fresh == {"wall_s": 70.0} and run_wall_s(fresh) == 70.0
 
 
 def test_grouping_sensitivity_tool(tmp_path):

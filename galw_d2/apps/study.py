@@ -15,9 +15,11 @@ name of :data:`galw_d2.galw.weighting.WEIGHTING_REGISTRY` (per-task methods). Gr
 seed's phase-1 groups.
 
 Resumable: every finished run leaves ``<output>/seed<S>/<arm>/result.json``; a rerun skips them and
-continues an interrupted training from its last checkpoint. :func:`summarize` writes
-``summary.json`` (``{"unit": "percent", "arms": {ARM: {"per_seed": {SEED: {"mAP", "top1"}}, "mean",
-"std", "paired": {BASE: {"mAP": {"mean", "ci95", "ci95_t", ...}, "top1": {...}}}, "wall_s"}},
+continues an interrupted training from its last checkpoint (such a run's result records
+``resumed_at_iter`` and a whole-run ``wall_s_estimated``). :func:`summarize` writes ``summary.json``
+(``{"unit": "percent", "arms": {ARM: {"per_seed": {SEED: {"mAP", "top1"}}, "mAP": {"mean", "std"},
+"top1": {...}, "paired": {BASE: {"mAP": {"mean", "ci95", "ci95_t", ...}, "top1": {...}}},
+"detection": {"AP", "recall"}, "wall_s": {"mean", "std", "num_runs", "num_estimated"}}},
 "group_stability": {...}, ...}``), ``report.md`` and ``forest.png`` (paired differences with their
 95% intervals). Statistics: :mod:`galw_d2.evaluation.stats`.
 """
@@ -176,6 +178,7 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
         if not os.path.exists(groups_path):
             t0 = time.perf_counter()
             p1 = wf.run_phase1()
+            resumed = _resume_timing(p1.trainer, time.perf_counter() - t0)
             if p1_strategy in s.arms and not os.path.exists(p1_result):
                 os.makedirs(os.path.dirname(p1_result), exist_ok=True)
                 r = _score(
@@ -187,6 +190,7 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
                     data["fmt"],
                 )
                 r.update(seed=seed, arm=p1_strategy, wall_s=round(time.perf_counter() - t0, 1), phase1=True)
+                _add_full_wall(r, resumed)
                 _write_json(p1_result, r)
             wf.group(p1.trends)
             del p1
@@ -197,8 +201,10 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
             if not os.path.exists(path):
                 t0 = time.perf_counter()
                 cfg = _arm_cfg(wf, arm, groups, os.path.join(out, arm))
+                resumed = {}
                 try:
                     trainer = run_training(cfg, _trainer_cls(f"seed {seed} {arm}"), resume=True)
+                    resumed = _resume_timing(trainer, time.perf_counter() - t0)
                     r = _score(
                         cfg, trainer, test_name, os.path.join(out, arm, "eval"), f"eval s{seed} {arm}", data["fmt"]
                     )
@@ -213,6 +219,7 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
                     phase1=False,
                     groups=groups if arm in GROUPED_STRATEGIES else None,
                 )
+                _add_full_wall(r, resumed)
                 _write_json(path, r)
             done += 1
             with open(path) as f:
@@ -223,6 +230,29 @@ def run_study(s: StudySettings, log: Callable[[str], None] = print, verbose: boo
                 f"  ({r['wall_s']:.0f} s)  elapsed {el / 60:.1f} min"
             )
     return summarize(s.output, s.seeds, s.arms, num_boot=s.num_boot, settings=s)
+
+
+def _resume_timing(trainer, train_s: float) -> Dict:
+    """How much of the run this process trained: {} for a run from iteration 0, else the resume
+    point and the training seconds spent here (a resumed run's wall time covers only its tail)."""
+    start, end = int(trainer.start_iter), int(trainer.max_iter)
+    return {} if start == 0 else {"start": start, "end": end, "train_s": train_s}
+
+
+def _add_full_wall(r: Dict, resumed: Dict) -> None:
+    """Record a resumed run's resume point and its whole-run wall time, estimated by scaling the
+    training seconds of the part trained here to the full run (evaluation time added unscaled)."""
+    if not resumed:
+        return
+    r["resumed_at_iter"] = resumed["start"]
+    done = resumed["end"] - resumed["start"]
+    scale = resumed["end"] / done if done > 0 else float("nan")  # resumed after the last iteration: unknown
+    r["wall_s_estimated"] = round(r["wall_s"] + resumed["train_s"] * (scale - 1), 1) if done > 0 else None
+
+
+def run_wall_s(r: Dict) -> Optional[float]:
+    """A run's wall time for the summary: measured, or estimated for a resumed run (None: unknown)."""
+    return r.get("wall_s_estimated") if "resumed_at_iter" in r else r["wall_s"]
 
 
 def _diverged_result(reference_result: str, message: str) -> Dict:
@@ -300,7 +330,7 @@ def summarize(output: str, seeds: List[int], arms: List[str], num_boot: int = 20
         entry = {
             "per_seed": per,
             "paired": {},
-            "wall_s": mean_std([r["wall_s"] for r in res[arm].values()]) if res[arm] else None,
+            "wall_s": _wall_stats(res[arm].values()),
         }
         for k in ("mAP", "top1"):
             entry[k] = mean_std([v[k] for v in per.values()]) if per else None
@@ -324,6 +354,16 @@ def summarize(output: str, seeds: List[int], arms: List[str], num_boot: int = 20
     with open(os.path.join(output, "report.md"), "w") as f:
         f.write(report_markdown(summary))
     return summary
+
+
+def _wall_stats(runs) -> Optional[Dict]:
+    """mean ± std of the runs' wall times (resumed runs: their estimate; unknown ones left out)."""
+    walls = [w for w in map(run_wall_s, runs) if w is not None]
+    if not walls:
+        return None
+    out = mean_std(walls)
+    out.update(num_runs=len(walls), num_estimated=sum("resumed_at_iter" in r for r in runs))
+    return out
 
 
 def _group_stability(output: str, seeds: List[int]) -> Dict:
@@ -400,11 +440,17 @@ def report_markdown(summary: Dict) -> str:
         d = e.get("detection")
         return "-" if not d else f"{d['AP']['mean']:.1f} / {d['recall']['mean']:.1f}"
 
+    def fmt_wall(e):
+        w = e.get("wall_s")
+        if not w:
+            return "-"
+        return f"{w['mean']:.0f}" + (f" ({w['num_estimated']} resumed, est.)" if w.get("num_estimated") else "")
+
     for arm, e in summary["arms"].items():
         lines.append(
             f"| {arm} | {fmt_ms(e['mAP'])} | {fmt_ms(e['top1'])} | {fmt_d(e, 'fixed')} | {fmt_d(e, 'rulwf')} "
-            f"| {fmt_det(e)} | {e['wall_s']['mean']:.0f} |"
-            if e["wall_s"]
+            f"| {fmt_det(e)} | {fmt_wall(e)} |"
+            if e["per_seed"]
             else f"| {arm} | - | - | - | - | - | - |"
         )
     gs = summary["group_stability"]
