@@ -30,18 +30,19 @@ __all__ = [
 
 DEFAULT_CONFIG = "synthps/roi_alignps_R18_tiny_synthps.yaml"  # under galw_d2.model_zoo.configs_root()
 
-# Iterations and recording cadence per mode. "demo": measured on an idle 2-core machine with 2 torch
-# threads, ROI-AlignPS* tiny on SynthPS small takes 0.25 s/iteration in phase 1 (probes every 5
-# iterations) and 0.20 s in phase 2, an evaluation pass 8 s: 1000 + 1000 iterations ~ 4 + 3.5 min,
-# ~9 min for the whole demo, leaving room for slower CPUs within the 20-minute budget.
-# "quick" is the CI smoke test.
+# Iterations and recording cadence per mode. "demo" = the recipe chosen on held-apart seeds (101-103,
+# never the reported seed 0; docs/results/demo_recipe): phase 2 at 3500 iterations gave +20 to +32
+# search mAP over 1000 on each of them (paired), and a probe every 10 iterations halves phase 1's
+# probing cost (still 16 probes per trend point). Measured on this idle 2-core machine with 2 torch
+# threads: 0.075 s/iteration in phase 1 (with probes), 0.065 s in phase 2, about 6 min for the whole
+# demo (10-minute budget). "quick" is the CI smoke test.
 PRESETS: Dict[str, Dict] = {
     "demo": dict(
         preset="small",
         phase1_iters=1000,
-        phase2_iters=1000,
+        phase2_iters=3500,
         epochs=6,
-        probe_period=5,
+        probe_period=10,
         max_queries_figure=4,
         eval_phase1=True,
     ),
