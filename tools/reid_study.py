@@ -247,7 +247,11 @@ def write_report(path, summary, wall, cmdline):
     for arm, a in arms.items():
         w = a["per_seed"].get(str(summary["seeds"][0]), {}).get("weighting") or {}
         if w.get("weights"):
-            lines.append(f"- {arm}: " + ", ".join(f"{k} {v:.3g}" for k, v in w["weights"].items()))
+            # per-step methods (RLW, FAMO, ...) have no final weight for some tasks: None, printed "-"
+            lines.append(
+                f"- {arm}: "
+                + ", ".join(f"{k} {'-' if v is None else format(v, '.3g')}" for k, v in w["weights"].items())
+            )
     traj = summary.get("trajectories") or {}
     if traj:
         lines += [
