@@ -246,8 +246,8 @@ def _add_full_wall(r: Dict, resumed: Dict) -> None:
         return
     r["resumed_at_iter"] = resumed["start"]
     done = resumed["end"] - resumed["start"]
-    scale = resumed["end"] / done if done > 0 else float("nan")  # resumed after the last iteration: unknown
-    r["wall_s_estimated"] = round(r["wall_s"] + resumed["train_s"] * (scale - 1), 1) if done > 0 else None
+    # resumed after the last iteration: nothing was trained here to scale, the whole-run time is unknown
+    r["wall_s_estimated"] = round(r["wall_s"] + resumed["train_s"] * resumed["start"] / done, 1) if done > 0 else None
 
 
 def run_wall_s(r: Dict) -> Optional[float]:

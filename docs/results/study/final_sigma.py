@@ -27,19 +27,21 @@ names = [t.short for t in TASKS[:10]]
 short = {t.name: t.short for t in TASKS}
 k = {t.short: TASK_KIND_K[t.kind] for t in TASKS}
 print(f"# Final sigma and task weights per uncertainty arm (`python docs/results/study/final_sigma.py {out}`)\n")
-weights = {}
+weights, detection = {}, {}
 for arm in arms:
     print(f"## {arm}: sigma per task\n")
     print("| seed | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
-    weights[arm] = []
+    weights[arm], detection[arm] = [], []
     for s in seeds:
         ck = torch.load(f"{out}/seed{s}/{arm}/model_final.pth", map_location="cpu", weights_only=False)["model"]
         ls, asg = ck["galw_weighting.log_sigma"].tolist(), ck["galw_weighting.assignment"].tolist()
         # The weighting's task order: GALW.GROUPS flattened for the grouped arms (weighting_tasks()),
         # the task table's order otherwise; assignment[i] is the slot of the weighting's i-th task.
         with open(f"{out}/seed{s}/{arm}/result.json") as f:
-            groups = json.load(f).get("groups")
+            result = json.load(f)
+        groups = result.get("groups")
+        detection[arm].append(result.get("detection") or {})
         order = [short[t] for g in groups for t in g] if groups else names
         sigma = {order[i]: math.exp(ls[asg[i]]) for i in range(len(order))}
         weights[arm].append([1.0 / (k[n] * sigma[n] ** 2) for n in names])
@@ -50,10 +52,14 @@ print("| arm | " + " | ".join(names) + " | detection AP / recall (%) |")
 print("|---" * (len(names) + 2) + "|")
 if os.path.isdir(f"{out}/seed0/fixed"):
     weights["fixed"] = [[t.weight for t in TASKS[:10]]]  # the Table 1 row (GALW.FIXED.PRESET table1)
+    detection["fixed"] = []
+    for s in seeds:
+        with open(f"{out}/seed{s}/fixed/result.json") as f:
+            detection["fixed"].append(json.load(f).get("detection") or {})
     arms = ["fixed"] + arms
 for arm in arms:
     w = np.mean(weights[arm], axis=0)
-    det = [json.load(open(f"{out}/seed{s}/{arm}/result.json")).get("detection") or {} for s in seeds]
+    det = detection[arm]
     ap = np.mean([100 * d.get("AP", float("nan")) for d in det])
     rc = np.mean([100 * d.get("recall", float("nan")) for d in det])
     print(f"| {arm} | " + " | ".join(f"{x:.2f}" for x in w) + f" | {ap:.1f} / {rc:.1f} |")
